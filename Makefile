@@ -1,0 +1,49 @@
+# The README's commands. `make run` installs and runs the whole pipeline on the embedded default;
+# `make test` installs and runs the test suite. Both are safe to rerun.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+
+export GX_ANALYTICS_ENABLED := false
+export TRL_EXPERIMENTAL_SILENCE := 1
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+export DO_NOT_TRACK := 1
+
+.PHONY: setup chromium run test test-fast lint compile bench clean
+
+setup: $(STAMP)
+
+# Install from the lock (no resolution, so no backtracking); torch is the CPU build on disk.
+# --compile writes bytecode: the machines set PYTHONDONTWRITEBYTECODE, and imports are 2-3x
+# slower without it.
+$(STAMP): requirements.lock pyproject.toml
+	test -x $(PY) || python3.11 -m venv $(VENV)
+	$(PIP) install --quiet --upgrade "pip>=25"
+	$(PIP) install --quiet --compile -r requirements.lock
+	$(PIP) install --quiet --compile --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+# Headless Chromium renders the HTML report in its test (Debian packages; root on these machines).
+chromium:
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
+
+run: setup
+	$(VENV)/bin/dvc repro
+
+test: setup chromium
+	$(VENV)/bin/pytest -q -ra
+
+test-fast: setup
+	$(VENV)/bin/pytest -q -m "not slow"
+
+lint: setup
+	$(VENV)/bin/ruff check src tests components pipelines benchmarks
+	$(VENV)/bin/ruff format --check src tests components pipelines benchmarks
+
+compile: setup
+	$(VENV)/bin/rl2f pipeline compile
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,146 @@
+"""MLflow conventions: one parent run per pipeline run, one child run per stage.
+
+Stages run as separate processes (DVC) or separate pods (Kubeflow), so the parent cannot be an
+active run shared in memory. Kubeflow passes the parent run id between tasks as a string
+(``RL2F_PARENT_RUN_ID``); DVC has no such channel, so the parent is found again by a key tag:
+the Kubeflow run id, the DVC experiment name, or a hash of the git commit and params.yaml — the
+stages of one ``dvc repro`` share the commit and params, so they land under one parent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import subprocess
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from rl2f.config import Config, TrackingConfig
+
+log = logging.getLogger(__name__)
+
+PARENT_RUN_ENV = "RL2F_PARENT_RUN_ID"
+PIPELINE_KEY_ENV = "RL2F_PIPELINE_RUN_KEY"
+KFP_RUN_ENV = "KFP_RUN_ID"
+DVC_EXP_ENV = "DVC_EXP_NAME"
+
+TAG_ROLE = "rl2f.role"
+TAG_KEY = "rl2f.pipeline_key"
+TAG_STAGE = "rl2f.stage"
+
+
+def git_commit(cwd: str | os.PathLike[str] = ".") -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def pipeline_key(params_path: str | os.PathLike[str] = "params.yaml") -> str:
+    """Identifies one pipeline run across the processes of its stages."""
+    for env in (PIPELINE_KEY_ENV, KFP_RUN_ENV, DVC_EXP_ENV):
+        if os.environ.get(env):
+            return f"{env.lower()}:{os.environ[env]}"
+    digest = hashlib.sha256((git_commit() or "no-git").encode())
+    params = Path(params_path)
+    if params.exists():
+        digest.update(params.read_bytes())
+    return f"repro:{digest.hexdigest()[:16]}"
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"train": {"steps": 3}} -> {"train.steps": 3}; lists are kept as their string form."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def _mlflow(cfg: TrackingConfig):  # noqa: ANN202  (the module)
+    import mlflow
+
+    mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI") or cfg.tracking_uri)
+    experiment = mlflow.get_experiment_by_name(cfg.experiment)
+    if experiment is None:
+        artifact_location = cfg.artifact_location or _default_artifact_location()
+        mlflow.create_experiment(cfg.experiment, artifact_location=artifact_location)
+    mlflow.set_experiment(cfg.experiment)
+    return mlflow
+
+
+def _default_artifact_location() -> str | None:
+    # A SQLite store needs an explicit artifact root next to it; a server picks its own.
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "")
+    if uri.startswith(("http://", "https://")):
+        return None
+    return Path("mlartifacts").resolve().as_uri()
+
+
+def find_or_create_parent(cfg: Config, key: str) -> str:
+    mlflow = _mlflow(cfg.tracking)
+    explicit = os.environ.get(PARENT_RUN_ENV)
+    if explicit:
+        return explicit
+    found = mlflow.search_runs(
+        filter_string=f"tags.`{TAG_KEY}` = '{key}' and tags.`{TAG_ROLE}` = 'parent'",
+        max_results=1,
+        output_format="list",
+    )
+    if found:
+        return found[0].info.run_id
+    tags = base_tags() | {TAG_KEY: key, TAG_ROLE: "parent"}
+    with mlflow.start_run(run_name=f"pipeline {key.split(':', 1)[-1][:12]}", tags=tags) as run:
+        mlflow.log_params(_loggable(flatten(cfg.model_dump(mode="json"))))
+    return run.info.run_id
+
+
+def base_tags() -> dict[str, str]:
+    tags = {"mlflow.source.git.commit": git_commit() or "unknown"}
+    if os.environ.get(DVC_EXP_ENV):
+        tags["dvc.exp_name"] = os.environ[DVC_EXP_ENV]
+    if os.environ.get(KFP_RUN_ENV):
+        tags["kfp.run_id"] = os.environ[KFP_RUN_ENV]
+    return tags
+
+
+def _loggable(params: Mapping[str, Any]) -> dict[str, str]:
+    # MLflow caps a param value at 6000 characters; long prompt templates are cut, not dropped.
+    return {k: str(v)[:6000] for k, v in params.items()}
+
+
+@contextlib.contextmanager
+def stage_run(cfg: Config, stage: str, sections: tuple[str, ...] = ()) -> Iterator[Any]:
+    """Open the child run of ``stage`` under this pipeline run's parent.
+
+    Yields the ``mlflow`` module with the child run active, or None when tracking is disabled,
+    so stage code reads ``if run: run.log_metric(...)`` and never needs a second code path.
+    """
+    if not cfg.tracking.enabled:
+        yield None
+        return
+    parent_id = find_or_create_parent(cfg, pipeline_key())
+    mlflow = _mlflow(cfg.tracking)
+    tags = base_tags() | {TAG_STAGE: stage, TAG_ROLE: "stage"}
+    with mlflow.start_run(run_name=stage, parent_run_id=parent_id, tags=tags):
+        dumped = cfg.model_dump(mode="json")
+        params = {s: dumped[s] for s in sections if s in dumped}
+        if params:
+            mlflow.log_params(_loggable(flatten(params)))
+        yield mlflow
+    log.info("MLflow: stage %s logged under parent run %s", stage, parent_id)
+
+
+def log_metrics_by_turn(mlflow: Any, name: str, values: list[float]) -> None:
+    """One metric per turn with ``step=turn`` so the MLflow UI draws it as a curve."""
+    for turn, value in enumerate(values, start=1):
+        mlflow.log_metric(name, float(value), step=turn)
