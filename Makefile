@@ -10,6 +10,8 @@ export TRL_EXPERIMENTAL_SILENCE := 1
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export DO_NOT_TRACK := 1
+# dvc.yaml calls `rl2f`: the venv must come first on PATH.
+export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 .PHONY: setup chromium run test test-fast lint compile bench clean
 

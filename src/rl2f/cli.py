@@ -18,8 +18,7 @@ from rl2f.errors import UserError
 from rl2f.stages import STAGES
 
 
-def _stage_parser(sub: argparse._SubParsersAction, name: str, help_text: str) -> None:
-    parser = sub.add_parser(name, help=help_text, description=help_text)
+def _add_config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--params", default="params.yaml", help="params file (default params.yaml)")
     parser.add_argument("--profile", default=None, help="overlay profiles/<name>.yaml, e.g. ci")
     parser.add_argument(
@@ -31,7 +30,50 @@ def _stage_parser(sub: argparse._SubParsersAction, name: str, help_text: str) ->
         metavar="KEY.PATH=VALUE",
         help="override one param, e.g. -S train.steps=10 (repeatable)",
     )
-    parser.set_defaults(stage=name)
+
+
+def _pipeline_parser(sub: argparse._SubParsersAction) -> None:
+    pipeline = sub.add_parser("pipeline", help="compile, run locally or submit the Kubeflow DAG")
+    actions = pipeline.add_subparsers(dest="action", required=True)
+    compile_ = actions.add_parser("compile", help="write pipelines/rl2f.yaml")
+    compile_.add_argument("--output", default=None, help="default pipelines/rl2f.yaml")
+    local = actions.add_parser("run-local", help="run the compiled YAML under kfp.local")
+    _add_config_args(local)
+    local.add_argument("--pipeline-root", default="kfp-local", help="where artifacts go")
+    submit = actions.add_parser("submit", help="submit to Kubeflow Pipelines (kfp.Client)")
+    _add_config_args(submit)
+    submit.add_argument("--host", required=True, help="KFP API endpoint, e.g. http://localhost:8080")
+    submit.add_argument("--namespace", default=None)
+    submit.add_argument("--experiment", default="rl2f")
+    submit.add_argument("--run-name", default=None)
+    submit.add_argument("--cron", default=None, help="recurring run, 6-field cron (seconds first)")
+    for parser in (compile_, local, submit):
+        parser.set_defaults(command="pipeline")
+
+
+def _run_pipeline(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from rl2f import kubeflow
+
+    if args.action == "compile":
+        output = Path(args.output) if args.output else None
+        print(kubeflow.compile_pipeline(Path("."), output))
+        return
+    cfg = load_config(args.params, args.overrides, args.profile)
+    if args.action == "run-local":
+        kubeflow.run_local(cfg, pipeline_root=Path(args.pipeline_root))
+    else:
+        print(
+            kubeflow.submit(
+                cfg,
+                args.host,
+                namespace=args.namespace,
+                experiment=args.experiment,
+                run_name=args.run_name,
+                cron=args.cron,
+            )
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,7 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="STAGE")
     for name, stage in STAGES.items():
-        _stage_parser(sub, name, stage.help)
+        parser_ = sub.add_parser(name, help=stage.help, description=stage.help)
+        _add_config_args(parser_)
+        parser_.set_defaults(stage=name)
+    _pipeline_parser(sub)
     return parser
 
 
@@ -51,10 +96,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         datefmt="%H:%M:%S",
     )
     try:
-        cfg = load_config(args.params, args.overrides, args.profile)
-        STAGES[args.stage].run(cfg)
+        if args.command == "pipeline":
+            _run_pipeline(args)
+        else:
+            STAGES[args.stage].run(load_config(args.params, args.overrides, args.profile))
     except (ConfigError, UserError) as exc:
-        print(f"rl2f {args.stage}: error: {exc}", file=sys.stderr)
+        print(f"rl2f {args.command}: error: {exc}", file=sys.stderr)
         return 2
     return 0
 

@@ -69,21 +69,26 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 def _mlflow(cfg: TrackingConfig):  # noqa: ANN202  (the module)
     import mlflow
 
-    mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI") or cfg.tracking_uri)
-    experiment = mlflow.get_experiment_by_name(cfg.experiment)
-    if experiment is None:
-        artifact_location = cfg.artifact_location or _default_artifact_location()
-        mlflow.create_experiment(cfg.experiment, artifact_location=artifact_location)
+    uri = tracking_uri(cfg)
+    mlflow.set_tracking_uri(uri)
+    if mlflow.get_experiment_by_name(cfg.experiment) is None:
+        location = cfg.artifact_location or _default_artifact_location(uri)
+        mlflow.create_experiment(cfg.experiment, artifact_location=location)
     mlflow.set_experiment(cfg.experiment)
     return mlflow
 
 
-def _default_artifact_location() -> str | None:
-    # A SQLite store needs an explicit artifact root next to it; a server picks its own.
-    uri = os.environ.get("MLFLOW_TRACKING_URI", "")
-    if uri.startswith(("http://", "https://")):
+def tracking_uri(cfg: TrackingConfig) -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or cfg.tracking_uri
+
+
+def _default_artifact_location(uri: str) -> str | None:
+    """A SQLite store keeps its artifacts in ``mlartifacts/`` beside the database file; a server
+    chooses its own (its --artifacts-destination)."""
+    if not uri.startswith("sqlite:///"):
         return None
-    return Path("mlartifacts").resolve().as_uri()
+    database = Path(uri.removeprefix("sqlite:///"))
+    return (database.resolve().parent / "mlartifacts").as_uri()
 
 
 def find_or_create_parent(cfg: Config, key: str) -> str:

@@ -1,0 +1,122 @@
+"""The RL2F workflow as a Kubeflow DAG:
+
+prepare -> validate -> bootstrap -> {train_rl2f, train_single_turn} -> rollout -> distill
+-> evaluate (one task per model, in parallel) -> report
+
+Pipeline parameters (shown in the Kubeflow UI) default to params.yaml as it was at compile time;
+``compose_params`` applies them and validates the result before any expensive step starts.
+"""
+
+
+from pathlib import Path
+
+from kfp import dsl
+
+from components import stages as c
+from pipelines.placement import CPU_STEP, GPU_STEP, place
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def default_params_yaml() -> str:
+    return (REPO / "params.yaml").read_text()
+
+
+def _defaults() -> dict:
+    from rl2f.config import load_config
+
+    cfg = load_config(REPO / "params.yaml")
+    return {
+        "train_steps": cfg.train.steps,
+        "max_turns": cfg.train.max_turns,
+        "teacher_kind": cfg.teacher.kind,
+        "eval_max_tasks": cfg.eval.max_tasks or 0,
+        "student_model": cfg.model.student or "",
+    }
+
+
+DEFAULTS = _defaults()
+
+
+@dsl.pipeline(name="rl2f", description=__doc__.splitlines()[0])
+def rl2f_pipeline(
+    params_yaml: str = default_params_yaml(),
+    student_model: str = DEFAULTS["student_model"],
+    train_steps: int = DEFAULTS["train_steps"],
+    max_turns: int = DEFAULTS["max_turns"],
+    teacher_kind: str = DEFAULTS["teacher_kind"],
+    eval_max_tasks: int = DEFAULTS["eval_max_tasks"],
+    extra_overrides: list = [],  # noqa: B006  (KFP reads the default from the signature)
+):
+    config = place(
+        c.compose_params(
+            params_yaml=params_yaml,
+            student_model=student_model,
+            train_steps=train_steps,
+            max_turns=max_turns,
+            teacher_kind=teacher_kind,
+            eval_max_tasks=eval_max_tasks,
+            extra_overrides=extra_overrides,
+        ),
+        CPU_STEP,
+    ).set_display_name("params")
+    params = config.output
+    parent = place(
+        c.start_tracking(params_yaml=params, run_key=dsl.PIPELINE_JOB_ID_PLACEHOLDER),
+        CPU_STEP,
+        cache=False,  # a new pipeline run gets a new parent run
+    ).set_display_name("mlflow parent run")
+    common = {"params_yaml": params, "overrides": [], "parent_run_id": parent.output}
+
+    prepared = place(c.prepare(**common), CPU_STEP)
+    validated = place(c.validate(**common, tasks=prepared.outputs["tasks"]), CPU_STEP)
+    base = place(c.bootstrap(**common, tasks=prepared.outputs["tasks"]), GPU_STEP).after(validated)
+
+    trained = {}
+    for stage in ("train_rl2f", "train_single_turn"):
+        trained[stage] = place(
+            c.train(
+                stage=stage,
+                **common,
+                tasks=prepared.outputs["tasks"],
+                base_model=base.outputs["model"],
+            ),
+            GPU_STEP,
+        ).set_display_name(stage)
+
+    episodes = place(
+        c.rollout(**common, tasks=prepared.outputs["tasks"], policy=trained["train_rl2f"].outputs["model"]),
+        GPU_STEP,
+    )
+    critic = place(
+        c.distill(
+            **common,
+            episodes=episodes.outputs["episodes"],
+            policy=trained["train_rl2f"].outputs["model"],
+        ),
+        GPU_STEP,
+    )
+
+    models = {
+        "base": base.outputs["model"],
+        "single_turn": trained["train_single_turn"].outputs["model"],
+        "rl2f": trained["train_rl2f"].outputs["model"],
+        "rl2f_critic": critic.outputs["critic"],
+    }
+    results = {
+        name: place(
+            c.evaluate(model_name=name, **common, tasks=prepared.outputs["tasks"], model=model),
+            GPU_STEP,
+        ).set_display_name(f"evaluate {name}")
+        for name, model in models.items()
+    }
+    place(
+        c.report(
+            **common,
+            base_results=results["base"].outputs["results"],
+            single_turn_results=results["single_turn"].outputs["results"],
+            rl2f_results=results["rl2f"].outputs["results"],
+            critic_results=results["rl2f_critic"].outputs["results"],
+        ),
+        CPU_STEP,
+    )

@@ -1,0 +1,260 @@
+"""Runs one stage inside a Kubeflow task.
+
+A Kubeflow task gets its inputs as artifact paths chosen by the backend, while every stage reads
+and writes the fixed relative paths of DESIGN.md (data/tasks, models/base, ...). This bridge
+builds a scratch workspace where the input artifacts appear at those relative paths, runs the
+stage there exactly as ``rl2f <stage>`` would, and copies the stage's outputs into the output
+artifacts. So a stage behaves the same under DVC and under Kubeflow, and components stay a
+two-line call.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+from rl2f.tracking import PARENT_RUN_ENV
+
+log = logging.getLogger(__name__)
+
+# Stages that train and should use every GPU the task was given.
+TRAINING_STAGES = frozenset({"bootstrap", "train_rl2f", "train_single_turn", "distill"})
+
+
+def _link_input(artifact_path: str, target: Path) -> None:
+    source = Path(artifact_path)
+    if not source.exists():
+        raise FileNotFoundError(f"input artifact {artifact_path} does not exist")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Symlinks avoid copying checkpoints; stages only read their inputs.
+    target.symlink_to(source.resolve(), target_is_directory=source.is_dir())
+
+
+def _copy_output(source: Path, artifact_path: str) -> None:
+    if not source.exists():
+        raise FileNotFoundError(f"stage did not write {source}")
+    destination = Path(artifact_path)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    if source.is_dir():
+        shutil.copytree(source, destination, dirs_exist_ok=True)
+    else:
+        shutil.copy2(source, destination)
+
+
+def stage_command(stage: str, params: Path, overrides: list[str]) -> list[str]:
+    command = [sys.executable, "-m", "rl2f.cli", stage, "--params", str(params)]
+    for override in overrides:
+        command += ["-S", override]
+    gpus = _gpu_count()
+    if stage in TRAINING_STAGES and gpus > 1:
+        accelerate = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes"]
+        command = [*accelerate, str(gpus), "-m", "rl2f.cli", *command[3:]]
+    return command
+
+
+def _gpu_count() -> int:
+    try:
+        import torch
+
+        return torch.cuda.device_count()
+    except ImportError:
+        return 0
+
+
+def run_stage(
+    stage: str,
+    params_yaml: str,
+    overrides: list[str] | None = None,
+    parent_run_id: str = "",
+    inputs: Mapping[str, str] | None = None,
+    outputs: Mapping[str, str] | None = None,
+    optional_outputs: frozenset[str] = frozenset(),
+) -> dict:
+    """Run ``stage`` with the given params text in a scratch workspace.
+
+    ``inputs`` and ``outputs`` map workspace-relative paths (``data/tasks``) to artifact paths.
+    An output in ``optional_outputs`` that the stage did not write becomes an empty artifact
+    (bootstrap writes no model when a real one is named).
+    Returns the stage's JSON summary when it wrote ``reports/<stage>.summary.json``.
+    """
+    with tempfile.TemporaryDirectory(prefix=f"rl2f-{stage}-") as tmp:
+        workspace = Path(tmp)
+        params = workspace / "params.yaml"
+        params.write_text(params_yaml)
+        for relative, artifact in (inputs or {}).items():
+            _link_input(artifact, workspace / relative)
+        env = dict(os.environ)
+        if parent_run_id:
+            env[PARENT_RUN_ENV] = parent_run_id
+        command = stage_command(stage, params, list(overrides or []))
+        log.info("running %s in %s", " ".join(command), workspace)
+        subprocess.run(command, cwd=workspace, env=env, check=True)
+        for relative, artifact in (outputs or {}).items():
+            if relative in optional_outputs and not (workspace / relative).exists():
+                Path(artifact).mkdir(parents=True, exist_ok=True)
+                continue
+            _copy_output(workspace / relative, artifact)
+        summary = workspace / "reports" / f"{stage}.summary.json"
+        return json.loads(summary.read_text()) if summary.exists() else {}
+
+
+def _load_params_text(params_yaml: str, overrides: list[str] | None):
+    from rl2f.config import load_config
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "params.yaml"
+        path.write_text(params_yaml)
+        return load_config(path, list(overrides or []))
+
+
+def open_parent_run(params_yaml: str, run_key: str) -> str:
+    """The parent MLflow run of one Kubeflow run ('' when tracking is off)."""
+    from rl2f.tracking import find_or_create_parent
+
+    cfg = _load_params_text(params_yaml, None)
+    if not cfg.tracking.enabled:
+        return ""
+    return find_or_create_parent(cfg, f"kfp:{run_key}")
+
+
+def publish_metrics(artifact, source: str | None = None, model: str | None = None) -> None:  # noqa: ANN001
+    """Log the numeric leaves of a JSON metrics file on a KFP Metrics artifact.
+
+    The file is also left at ``artifact.path``: under kfp.local, log_metric writes nothing, and a
+    task whose Metrics output has no file is never a cache hit.
+    """
+    path = Path(source or artifact.path)
+    tree = json.loads(path.read_text())
+    if model is not None:
+        tree = {model: tree.get(model, tree)}
+    for name, value in _numeric_leaves(tree):
+        artifact.log_metric(name, value)
+    if source:
+        Path(artifact.path).parent.mkdir(parents=True, exist_ok=True)
+        Path(artifact.path).write_text(json.dumps(tree, indent=2))
+
+
+def _numeric_leaves(tree: object, prefix: str = "") -> list[tuple[str, float]]:
+    if isinstance(tree, bool):
+        return [(prefix.rstrip("."), float(tree))]
+    if isinstance(tree, int | float):
+        return [(prefix.rstrip("."), float(tree))]
+    if isinstance(tree, Mapping):
+        return [leaf for k, v in tree.items() for leaf in _numeric_leaves(v, f"{prefix}{k}.")]
+    if isinstance(tree, list) and tree and all(isinstance(v, int | float) for v in tree):
+        # Per-turn curves: keep the first and last turn as scalars for the run list.
+        return [(f"{prefix}first", float(tree[0])), (f"{prefix}last", float(tree[-1]))]
+    return []
+
+
+# Where each evaluated model lives in a workspace (the stages' default paths).
+MODEL_DIRS = {
+    "base": "models/base",
+    "single_turn": "models/single_turn",
+    "rl2f": "models/rl2f",
+    "rl2f_critic": "models/rl2f_critic",
+}
+EVAL_OUTPUTS = ("reports/metrics.json", "reports/plots", "data/episodes/eval")
+
+
+def evaluate_one_model(
+    model_name: str,
+    params_yaml: str,
+    overrides: list[str],
+    parent_run_id: str,
+    tasks_path: str,
+    model_path: str,
+    results_path: str,
+) -> None:
+    run_stage(
+        "evaluate",
+        params_yaml,
+        [*overrides, f"eval.models=[{model_name}]"],
+        parent_run_id,
+        inputs={"data/tasks": tasks_path, MODEL_DIRS[model_name]: model_path},
+        outputs={relative: f"{results_path}/{relative}" for relative in EVAL_OUTPUTS},
+    )
+
+
+def merge_results(result_dirs: list[str], workspace: Path) -> None:
+    """Combine per-model evaluation outputs into one workspace, as a single `evaluate` would."""
+    import pandas as pd
+
+    metrics: dict = {}
+    for result in map(Path, result_dirs):
+        metrics.update(json.loads((result / "reports/metrics.json").read_text()))
+        for relative in ("reports/plots", "data/episodes/eval"):
+            for file in (result / relative).rglob("*"):
+                if not file.is_file():
+                    continue
+                target = workspace / relative / file.relative_to(result / relative)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                if target.exists() and file.suffix == ".csv":
+                    merged = pd.concat([pd.read_csv(target), pd.read_csv(file)])
+                    merged.to_csv(target, index=False)
+                else:
+                    shutil.copy2(file, target)
+    (workspace / "reports").mkdir(parents=True, exist_ok=True)
+    (workspace / "reports/metrics.json").write_text(json.dumps(metrics, indent=2))
+
+
+def merge_and_report(
+    params_yaml: str,
+    overrides: list[str],
+    parent_run_id: str,
+    result_dirs: list[str],
+    *,
+    html: str,
+    markdown: str,
+    metrics_json: str,
+) -> None:
+    with tempfile.TemporaryDirectory(prefix="rl2f-merge-") as tmp:
+        merged = Path(tmp)
+        merge_results(result_dirs, merged)
+        inputs = {relative: str(merged / relative) for relative in EVAL_OUTPUTS}
+        run_stage(
+            "report",
+            params_yaml,
+            overrides,
+            parent_run_id,
+            inputs=inputs,
+            outputs={
+                "reports/report.html": html,
+                "reports/report.md": markdown,
+                "reports/metrics.json": metrics_json,
+            },
+        )
+
+
+def compose_params_yaml(
+    params_yaml: str,
+    *,
+    student_model: str,
+    train_steps: int,
+    max_turns: int,
+    teacher_kind: str,
+    eval_max_tasks: int,
+    extra_overrides: list[str],
+) -> str:
+    """params.yaml text with the pipeline's parameters applied, validated, as YAML text."""
+    import yaml
+
+    overrides = [
+        f"train.steps={train_steps}",
+        f"train.max_turns={max_turns}",
+        f"rollout.max_turns={max_turns}",
+        f"teacher.kind={teacher_kind}",
+        f"eval.max_tasks={eval_max_tasks}",
+        *extra_overrides,
+    ]
+    if student_model:
+        overrides.append(f"model.student={student_model}")
+    cfg = _load_params_text(params_yaml, overrides)
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
