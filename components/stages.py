@@ -12,7 +12,7 @@ import os
 from kfp import dsl
 from kfp.dsl import HTML, Dataset, Input, Markdown, Metrics, Model, Output
 
-IMAGE = os.environ.get("RL2F_IMAGE", "ghcr.io/rl2f/rl2f:0.1.0")
+IMAGE = os.environ.get("RL2F_IMAGE") or "ghcr.io/rl2f/rl2f:0.1.0"
 
 
 def component(func):  # noqa: ANN001, ANN201  (decorator)

@@ -42,13 +42,39 @@ def _pipeline_parser(sub: argparse._SubParsersAction) -> None:
     local.add_argument("--pipeline-root", default="kfp-local", help="where artifacts go")
     submit = actions.add_parser("submit", help="submit to Kubeflow Pipelines (kfp.Client)")
     _add_config_args(submit)
-    submit.add_argument("--host", required=True, help="KFP API endpoint, e.g. http://localhost:8080")
+    submit.add_argument(
+        "--host", required=True, help="KFP API endpoint, e.g. http://localhost:8080"
+    )
     submit.add_argument("--namespace", default=None)
     submit.add_argument("--experiment", default="rl2f")
     submit.add_argument("--run-name", default=None)
     submit.add_argument("--cron", default=None, help="recurring run, 6-field cron (seconds first)")
     for parser in (compile_, local, submit):
         parser.set_defaults(command="pipeline")
+
+
+def _cluster_parser(sub: argparse._SubParsersAction) -> None:
+    cluster = sub.add_parser("cluster", help="apply the k8s/ base or show its status")
+    actions = cluster.add_subparsers(dest="action", required=True)
+    apply = actions.add_parser("apply", help="server-side apply k8s/ and wait for MLflow/teacher")
+    apply.add_argument("--base", default="k8s", help="kustomize base directory")
+    apply.add_argument("--wait", type=float, default=600.0, help="seconds to wait for readiness")
+    state = actions.add_parser("status", help="deployments, readiness and endpoints")
+    state.add_argument("--namespace", default="rl2f")
+    for parser in (apply, state):
+        parser.set_defaults(command="cluster")
+
+
+def _run_cluster(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from rl2f import cluster
+
+    if args.action == "apply":
+        states = cluster.apply(Path(args.base), wait_s=args.wait)
+    else:
+        states = cluster.status(args.namespace)
+    print(cluster.format_states(states))
 
 
 def _run_pipeline(args: argparse.Namespace) -> None:
@@ -85,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_config_args(parser_)
         parser_.set_defaults(stage=name)
     _pipeline_parser(sub)
+    _cluster_parser(sub)
     return parser
 
 
@@ -98,6 +125,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "pipeline":
             _run_pipeline(args)
+        elif args.command == "cluster":
+            _run_cluster(args)
         else:
             STAGES[args.stage].run(load_config(args.params, args.overrides, args.profile))
     except (ConfigError, UserError) as exc:

@@ -50,6 +50,9 @@ class DataConfig(Strict):
     eval_fraction: float = Field(default=0.2, ge=0.0, lt=1.0)
     seed: int = 0
     sources: list[SourceConfig] = Field(min_length=1)
+    validation_dir: str = Field(
+        default="reports", description="where `rl2f validate` writes validation.json and .html"
+    )
 
 
 # ---------------------------------------------------------------- model
@@ -65,6 +68,7 @@ class TinyModelConfig(Strict):
     sft_batch_size: int = Field(default=32, ge=1)
     sft_learning_rate: float = Field(default=3e-3, gt=0)
     sft_warmup_ratio: float = Field(default=0.05, ge=0, le=1)
+    sft_save_steps: int = Field(default=100, ge=1, description="checkpoint interval (resume)")
     questions_per_conversation: int = Field(default=2, ge=1)
     seed: int = 0
 
@@ -139,15 +143,15 @@ class TeacherConfig(Strict):
         "{solution_block}Verifier report: {diagnostics}\n\n"
         "Student's answer:\n{attempt}\n\nWrite a short critique."
     )
-    self_prompt_template: str = (
-        "Problem:\n{prompt}\n\nYour previous answer:\n{attempt}\n\n"
-        "It is wrong. Explain briefly what is wrong with it."
-    )
+    # Appended to the public conversation when the model critiques its own last attempt
+    # (the `self` teacher and critique distillation); may name {prompt} and {attempt}.
+    self_prompt_template: str = "That answer is wrong. Say briefly what is wrong with it."
 
 
 # ---------------------------------------------------------------- training
 class TrainConfig(Strict):
     steps: int = Field(default=40, ge=1)
+    max_tasks: int | None = Field(default=None, ge=1, description="cap on training tasks")
     learning_rate: float = Field(default=1e-4, gt=0)
     lr_scheduler: Literal["constant", "linear", "cosine"] = "constant"
     warmup_ratio: float = Field(default=0.0, ge=0, le=1)
@@ -184,7 +188,9 @@ class DistillConfig(Strict):
 
 
 class EvalConfig(Strict):
-    models: list[str] = Field(default_factory=lambda: ["base", "single_turn", "rl2f", "rl2f_critic"])
+    models: list[str] = Field(
+        default_factory=lambda: ["base", "single_turn", "rl2f", "rl2f_critic"]
+    )
     extra_models: dict[str, str] = Field(default_factory=dict, description="name -> path or hub id")
     feedback_modes: list[Literal["teacher", "self", "retry", "llm"]] = Field(
         default_factory=lambda: ["teacher", "self", "retry"]

@@ -25,7 +25,9 @@ COMPILED = Path("pipelines/rl2f.yaml")
 
 def _import_pipeline(repo: Path):  # noqa: ANN202
     if not (repo / "pipelines" / "rl2f_pipeline.py").exists():
-        raise UserError(f"{repo}: no pipelines/rl2f_pipeline.py here (run from the repository root)")
+        raise UserError(
+            f"{repo}: no pipelines/rl2f_pipeline.py here (run from the repository root)"
+        )
     sys.path.insert(0, str(repo))
     try:
         from pipelines.rl2f_pipeline import rl2f_pipeline
@@ -114,4 +116,6 @@ def submit(
     except UserError:
         raise
     except Exception as exc:  # connection refused, auth, 4xx from the API server
-        raise UserError(f"Kubeflow at {host}: {type(exc).__name__}: {exc}".splitlines()[0]) from None
+        raise UserError(
+            f"Kubeflow at {host}: {type(exc).__name__}: {exc}".splitlines()[0]
+        ) from None

@@ -149,3 +149,22 @@ def log_metrics_by_turn(mlflow: Any, name: str, values: list[float]) -> None:
     """One metric per turn with ``step=turn`` so the MLflow UI draws it as a curve."""
     for turn, value in enumerate(values, start=1):
         mlflow.log_metric(name, float(value), step=turn)
+
+
+def active() -> Any:
+    """The mlflow module when a stage run is active (tracking on), else None."""
+    import mlflow
+
+    return mlflow if mlflow.active_run() is not None else None
+
+
+def log_summary(mlflow: Any, summary: Mapping[str, Any]) -> None:
+    """A stage's returned summary: as a JSON artifact, and its numeric leaves as metrics."""
+    mlflow.log_dict(dict(summary), "summary.json")
+    metrics = {
+        key: float(value)
+        for key, value in flatten(summary).items()
+        if isinstance(value, int | float) and not isinstance(value, bool)
+    }
+    if metrics:
+        mlflow.log_metrics({k.replace("/", "_"): v for k, v in metrics.items()})
