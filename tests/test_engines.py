@@ -1,0 +1,590 @@
+"""Generation engines: the transformers engine on the tiny model, the OpenAI-compatible engine
+against real local HTTP servers (one scripted, one ``transformers serve``), vLLM on a GPU."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import requests
+import torch
+from transformers import AutoModelForCausalLM, PreTrainedModel
+
+from rl2f.config import EngineConfig, SamplingConfig, TinyModelConfig
+from rl2f.engines import make_engine, request_seed
+from rl2f.engines.base import ChatEngine, Generation, TokenEngine
+from rl2f.engines.openai_engine import OpenAIChatEngine
+from rl2f.engines.transformers_engine import TransformersEngine, render_chat, stop_token_ids
+from rl2f.errors import UserError
+
+TEXTS = [
+    "3",
+    "Calculate 1 + 2.",
+    "Answer: 7",
+    "Calculate 12 + 7. Answer:",
+    "Calculate 19 + 19. Answer: 38. Calculate 4 + 4.",
+    "Calculate 5 + 5. Answer: 10. Calculate 6 + 6. Answer: 12. Calculate",
+]
+GREEDY = SamplingConfig(temperature=0.0, max_new_tokens=10)
+
+
+# ---------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread() -> Iterator[None]:
+    """The tiny model's matrices are too small to gain from threads; on a shared machine extra
+    threads only contend (one thread ran these tests over ten times faster here)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def lively_model(tiny_model_dir: Path) -> PreTrainedModel:
+    """The tiny model with large random weights: its next token depends strongly on the context,
+    so batching or position bugs change the output (the freshly initialised model, with weights
+    of scale 0.02, repeats one token whatever it is given)."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.dim() == 2:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.5)
+    return model
+
+
+@pytest.fixture(scope="module")
+def engine(lively_model: PreTrainedModel) -> Iterator[TransformersEngine]:
+    engine = TransformersEngine(lively_model, batch_size=4)
+    yield engine
+    engine.close()
+
+
+@pytest.fixture(scope="module")
+def prompts(engine: TransformersEngine) -> list[list[int]]:
+    return [engine.tokenizer(text)["input_ids"] for text in TEXTS]
+
+
+def forward_log_probs(
+    model: PreTrainedModel, prompt: list[int], completion: list[int], temperature: float
+) -> list[float]:
+    """Log-probability of each completion token from one unpadded forward pass over
+    prompt + completion: the reference the engine's incremental numbers must match."""
+    ids = torch.tensor([prompt + completion])
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits[0].float()
+    # The logit at position p predicts the token at p + 1.
+    predicting = logits[len(prompt) - 1 : len(prompt) + len(completion) - 1]
+    log_probs = torch.log_softmax(predicting / (temperature or 1.0), dim=-1)
+    return log_probs.gather(-1, torch.tensor(completion)[:, None]).squeeze(-1).tolist()
+
+
+# ---------------------------------------------------------------- transformers engine
+def test_engine_satisfies_the_interface(engine: TransformersEngine) -> None:
+    assert isinstance(engine, TokenEngine)
+    assert isinstance(engine, ChatEngine)
+
+
+def test_greedy_batched_equals_one_at_a_time(
+    engine: TransformersEngine, lively_model: PreTrainedModel, prompts: list[list[int]]
+) -> None:
+    batched = engine.generate(prompts, GREEDY, return_logprobs=True)
+    single = TransformersEngine(lively_model, batch_size=1)
+    alone = [single.generate([p], GREEDY, return_logprobs=True)[0] for p in prompts]
+
+    assert [g.token_ids for g in batched] == [g.token_ids for g in alone]
+    for b, a in zip(batched, alone, strict=True):
+        assert b.logprobs == pytest.approx(a.logprobs, abs=1e-4)
+    # The check has teeth: outputs differ between prompts and within a completion.
+    assert len({tuple(g.token_ids) for g in batched}) == len(prompts)
+    assert all(len(set(g.token_ids)) > 1 for g in batched)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.7, 1.5])
+def test_logprobs_match_a_forward_pass(
+    engine: TransformersEngine,
+    lively_model: PreTrainedModel,
+    prompts: list[list[int]],
+    temperature: float,
+) -> None:
+    sampling = SamplingConfig(temperature=temperature, max_new_tokens=8, seed=5)
+    for prompt, generation in zip(prompts, engine.generate(prompts, sampling, True), strict=True):
+        expected = forward_log_probs(lively_model, prompt, generation.token_ids, temperature)
+        assert generation.logprobs == pytest.approx(expected, abs=1e-4)
+
+
+def test_logprobs_are_none_unless_asked(engine: TransformersEngine, prompts: list[list[int]]):
+    assert all(g.logprobs is None for g in engine.generate(prompts, GREEDY))
+
+
+def test_a_tiny_top_p_leaves_only_the_greedy_token(
+    engine: TransformersEngine, prompts: list[list[int]]
+) -> None:
+    greedy = engine.generate(prompts, GREEDY)
+    nucleus = SamplingConfig(temperature=1.0, top_p=1e-6, max_new_tokens=10, seed=3)
+    sampled = engine.generate(prompts, nucleus, return_logprobs=True)
+    assert [g.token_ids for g in sampled] == [g.token_ids for g in greedy]
+    # The renormalised nucleus holds one token, so each sampled token had probability 1.
+    assert all(lp == pytest.approx(0.0, abs=1e-6) for g in sampled for lp in g.logprobs or [])
+
+
+def test_max_new_tokens_ends_with_length(engine: TransformersEngine, prompts: list[list[int]]):
+    for max_new_tokens in (1, 6):
+        sampling = SamplingConfig(temperature=0.0, max_new_tokens=max_new_tokens)
+        for generation in engine.generate(prompts, sampling):
+            assert not set(generation.token_ids) & engine.stop_ids
+            assert len(generation.token_ids) == max_new_tokens
+            assert generation.finish_reason == "length"
+
+
+def test_each_request_stops_at_its_own_stop_token(
+    engine: TransformersEngine, lively_model: PreTrainedModel, prompts: list[list[int]]
+) -> None:
+    reference = engine.generate(prompts, GREEDY, return_logprobs=True)
+    # Make the 4th token of the longest prompt's completion a stop token (checkpoints such as
+    # Llama 3 list several EOS ids in generation_config), as long as it did not appear earlier.
+    target = reference[-1].token_ids
+    cut = next(k for k in range(3, len(target)) if target[k] not in target[:k])
+    stopping_model = copy.deepcopy(lively_model)
+    stopping_model.generation_config.eos_token_id = [engine.tokenizer.eos_token_id, target[cut]]
+    stopping = TransformersEngine(stopping_model, batch_size=4)
+    assert stopping.stop_ids == {engine.tokenizer.eos_token_id, target[cut]}
+
+    generations = stopping.generate(prompts, GREEDY, return_logprobs=True)
+
+    assert generations[-1].token_ids == target[: cut + 1]
+    assert generations[-1].finish_reason == "stop"
+    for generation, ref in zip(generations, reference, strict=True):
+        ends = [k + 1 for k, t in enumerate(ref.token_ids) if t in stopping.stop_ids]
+        end = ends[0] if ends else len(ref.token_ids)
+        # A row that stops leaves the other rows of its batch untouched.
+        assert generation.token_ids == ref.token_ids[:end]
+        assert generation.logprobs == pytest.approx(ref.logprobs[:end], abs=1e-4)
+        assert generation.finish_reason == ("stop" if ends else "length")
+        assert generation.text == engine.tokenizer.decode(
+            generation.token_ids, skip_special_tokens=True
+        )
+
+
+def test_seeded_sampling_is_reproducible(
+    engine: TransformersEngine, lively_model: PreTrainedModel, prompts: list[list[int]]
+) -> None:
+    sampling = SamplingConfig(temperature=1.0, max_new_tokens=10, seed=11)
+    first = engine.generate(prompts, sampling, return_logprobs=True)
+    assert engine.generate(prompts, sampling, return_logprobs=True) == first
+    # One random stream per request: the batch a request lands in does not matter.
+    single = TransformersEngine(lively_model, batch_size=1)
+    assert [g.token_ids for g in single.generate(prompts, sampling)] == [g.token_ids for g in first]
+    other_seed = engine.generate(prompts, sampling.model_copy(update={"seed": 12}))
+    assert [g.token_ids for g in other_seed] != [g.token_ids for g in first]
+    # Repeated prompts (G samples of one task) are still sampled independently.
+    repeated = engine.generate([prompts[1]] * 4, sampling)
+    assert len({tuple(g.token_ids) for g in repeated}) == 4
+
+
+def test_sampling_leaves_a_live_model_as_it_was(lively_model: PreTrainedModel, prompts):
+    """The GRPO trainer passes the policy it is training: it must come back in train mode,
+    on its device, with its weights untouched."""
+    before = {k: v.clone() for k, v in lively_model.state_dict().items()}
+    lively_model.train()
+    try:
+        live = make_engine(EngineConfig(kind="transformers", batch_size=3), lively_model)
+        live.generate(prompts, SamplingConfig(max_new_tokens=4), return_logprobs=True)
+        assert lively_model.training
+        assert live.device == lively_model.device
+    finally:
+        lively_model.eval()
+    after = lively_model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_chat_renders_the_template_and_returns_text(tiny_model_dir: Path) -> None:
+    cfg = EngineConfig(kind="transformers", batch_size=2, device="cpu")
+    engine = make_engine(cfg, str(tiny_model_dir))
+    conversations = [
+        [{"role": "user", "content": "Calculate 1 + 2."}],
+        [
+            {"role": "system", "content": "You are a student."},
+            {"role": "user", "content": "Calculate 3 + 4."},
+            {"role": "assistant", "content": "8"},
+            {"role": "user", "content": "That is not correct. Try again."},
+        ],
+    ]
+    sampling = SamplingConfig(temperature=0.0, max_new_tokens=5)
+    try:
+        texts = engine.chat(conversations, sampling)
+        rendered = [render_chat(engine.tokenizer, c) for c in conversations]
+        expected = [g.text for g in engine.generate(rendered, sampling)]
+    finally:
+        engine.close()
+    assert texts == expected
+    assert all(isinstance(text, str) for text in texts)
+    header = engine.tokenizer("<|im_start|>assistant\n", add_special_tokens=False)["input_ids"]
+    assert all(ids[-len(header) :] == header for ids in rendered)
+    with pytest.raises(UserError, match="used after close"):
+        engine.chat(conversations, sampling)
+
+
+def test_stop_token_ids_merge_tokenizer_and_generation_config(
+    engine: TransformersEngine, lively_model: PreTrainedModel
+) -> None:
+    eos = engine.tokenizer.eos_token_id
+    config = copy.deepcopy(lively_model.generation_config)
+    config.eos_token_id = [eos, 5, 9]
+    assert stop_token_ids(engine.tokenizer, config) == {eos, 5, 9}
+    config.eos_token_id = 7
+    assert stop_token_ids(engine.tokenizer, config) == {eos, 7}
+    assert stop_token_ids(engine.tokenizer, None) == {eos}
+
+
+def test_request_seeds_are_stable_and_distinct() -> None:
+    seeds = {request_seed(seed, index) for seed in range(20) for index in range(50)}
+    assert len(seeds) == 1000
+    assert request_seed(3, 4) == request_seed(3, 4)
+    assert all(0 <= s < 2**31 for s in seeds)
+
+
+@pytest.mark.parametrize(
+    ("bad_prompts", "message"),
+    [
+        ([[5], []], r"prompt 1: is empty"),
+        ([[5, 10_000]], r"prompt 0: token id 10000 is outside the vocabulary"),
+        ([[5, "7"]], r"prompt 0: token id '7' is outside the vocabulary"),
+        ([[5] * 1020], r"prompt 0: 1020 tokens \+ max_new_tokens 10 exceed .* context length 1024"),
+    ],
+)
+def test_bad_prompts_fail_naming_the_prompt(engine: TransformersEngine, bad_prompts, message):
+    with pytest.raises(UserError, match=message):
+        engine.generate(bad_prompts, GREEDY)
+
+
+@pytest.mark.parametrize(
+    ("conversations", "message"),
+    [
+        ([[]], r"conversation 0: expected a non-empty list"),
+        ([[{"role": "user", "content": "hi"}], [{"role": "robot", "content": "x"}]],
+         r"conversation 1, message 0: role must be one of"),
+        ([[{"role": "user"}]], r"conversation 0, message 0: content must be a string"),
+    ],
+)  # fmt: skip
+def test_bad_conversations_fail_naming_the_message(
+    engine: TransformersEngine, conversations, message
+):
+    with pytest.raises(UserError, match=message):
+        engine.chat(conversations, GREEDY)
+
+
+def test_make_engine_rejects_what_it_cannot_build(
+    lively_model: PreTrainedModel, tmp_path: Path
+) -> None:
+    with pytest.raises(UserError, match="no model given"):
+        make_engine(EngineConfig(kind="transformers"))
+    with pytest.raises(UserError, match="cannot load a causal language model"):
+        make_engine(EngineConfig(kind="transformers", device="cpu"), str(tmp_path / "missing"))
+    with pytest.raises(UserError, match="engine.device: 'gpu9' is not a torch device"):
+        make_engine(EngineConfig(kind="transformers", device="gpu9"), str(tmp_path))
+    with pytest.raises(UserError, match="not from a model object"):
+        make_engine(EngineConfig(kind="vllm"), lively_model)
+    with pytest.raises(UserError, match="engine.base_url is not set"):
+        make_engine(EngineConfig(kind="openai"), "teacher")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed")
+def test_vllm_engine_without_vllm_says_how_to_install(tiny_model_dir: Path) -> None:
+    with pytest.raises(UserError, match="install the vllm extra"):
+        make_engine(EngineConfig(kind="vllm"), str(tiny_model_dir))
+
+
+# ---------------------------------------------------------------- vLLM (GPU only)
+@pytest.mark.gpu
+@pytest.mark.skipif(
+    not torch.cuda.is_available() or importlib.util.find_spec("vllm") is None,
+    reason="needs a CUDA device and vLLM",
+)
+def test_vllm_engine_on_gpu(tmp_path: Path) -> None:
+    from rl2f.training.tiny_model import build_model, train_tokenizer
+
+    # A head size of 64, which every vLLM attention backend supports.
+    cfg = TinyModelConfig(
+        vocab_size=128, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=2,
+    )  # fmt: skip
+    tokenizer = train_tokenizer(TEXTS * 20, cfg.vocab_size)
+    torch.manual_seed(0)
+    model = build_model(cfg, tokenizer)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.dim() == 2:
+                parameter.normal_(0.0, 0.5)
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    prompts = [tokenizer(text)["input_ids"] for text in TEXTS]
+
+    engine = make_engine(
+        EngineConfig(kind="vllm", gpu_memory_utilization=0.3), str(tmp_path), dtype="float16"
+    )
+    try:
+        assert isinstance(engine, TokenEngine)
+        greedy = engine.generate(prompts, GREEDY, return_logprobs=True)
+        sampling = SamplingConfig(temperature=0.8, max_new_tokens=10, seed=4)
+        sampled = engine.generate(prompts, sampling, return_logprobs=True)
+        assert engine.generate(prompts, sampling, return_logprobs=True) == sampled
+        repeated = engine.generate([prompts[1]] * 4, sampling)
+        texts = engine.chat([[{"role": "user", "content": "Calculate 1 + 2."}]], sampling)
+    finally:
+        engine.close()
+
+    assert len({tuple(g.token_ids) for g in repeated}) == 4
+    assert isinstance(texts[0], str)
+    for prompt, generation in zip(prompts, greedy, strict=True):
+        _assert_well_formed(generation, engine.stop_ids, GREEDY.max_new_tokens)
+        ids = torch.tensor([prompt + generation.token_ids])
+        with torch.no_grad():
+            logits = model(input_ids=ids).logits[0, len(prompt) - 1 : -1].float()
+        log_probs = torch.log_softmax(logits, dim=-1)
+        chosen = log_probs.gather(-1, torch.tensor(generation.token_ids)[:, None]).squeeze(-1)
+        # Greedy picks the most likely token (up to float16 noise) and reports its log-prob.
+        assert torch.all(chosen >= log_probs.max(dim=-1).values - 0.05)
+        assert generation.logprobs == pytest.approx(chosen.tolist(), abs=0.05)
+    for prompt, generation in zip(prompts, sampled, strict=True):
+        _assert_well_formed(generation, engine.stop_ids, sampling.max_new_tokens)
+        expected = forward_log_probs(model, prompt, generation.token_ids, sampling.temperature)
+        assert generation.logprobs == pytest.approx(expected, abs=0.05)
+
+
+def _assert_well_formed(generation: Generation, stop_ids: frozenset[int], max_new: int) -> None:
+    stops = [k for k, t in enumerate(generation.token_ids) if t in stop_ids]
+    if generation.finish_reason == "stop":
+        assert stops == [len(generation.token_ids) - 1]
+    else:
+        assert not stops and len(generation.token_ids) == max_new
+    assert generation.logprobs is not None and len(generation.logprobs) == len(generation.token_ids)
+
+
+# ---------------------------------------------------------------- OpenAI-compatible engine
+def completion_body(content: str | None) -> dict:
+    return {
+        "id": "chatcmpl-test",
+        "object": "chat.completion",
+        "created": 0,
+        "model": "teacher",
+        "choices": [
+            {
+                "index": 0,
+                "finish_reason": "stop",
+                "message": {"role": "assistant", "content": content},
+            }
+        ],
+    }
+
+
+class ScriptedServer:
+    """A real HTTP server on loopback that answers chat completion requests from a script of
+    HTTP statuses (the last one repeats); a 200 echoes the last user message back."""
+
+    def __init__(self, statuses: list[int], delay_s: float = 0.0, echo: bool = True) -> None:
+        self.statuses = list(statuses)
+        self.delay_s = delay_s
+        self.echo = echo
+        self.requests: list[dict] = []
+        self._lock = threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with server._lock:
+                    headers = {k.lower(): v for k, v in self.headers.items()}
+                    server.requests.append({"path": self.path, "headers": headers, "body": body})
+                    status = (
+                        server.statuses.pop(0) if len(server.statuses) > 1 else server.statuses[0]
+                    )
+                time.sleep(server.delay_s)
+                if status == 200:
+                    echoed = "echo: " + body["messages"][-1]["content"]
+                    payload = completion_body(echoed if server.echo else None)
+                else:
+                    payload = {"error": {"message": f"scripted failure {status}", "type": "test"}}
+                data = json.dumps(payload).encode()
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    # Lets the client's backoff wait 10 ms instead of half a second.
+                    self.send_header("retry-after-ms", "10")
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up (timeout test)
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> ScriptedServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def openai_engine(url: str, **overrides: object) -> OpenAIChatEngine:
+    cfg = EngineConfig(kind="openai", base_url=url, timeout_s=5.0, max_retries=2, concurrency=3)
+    engine = make_engine(cfg.model_copy(update=overrides), "teacher")
+    assert isinstance(engine, OpenAIChatEngine)
+    return engine
+
+
+def user(content: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": content}]
+
+
+def test_openai_engine_sends_the_request_and_keeps_order(monkeypatch) -> None:
+    monkeypatch.setenv("RL2F_TEST_TEACHER_KEY", "secret")
+    sampling = SamplingConfig(temperature=0.3, top_p=0.9, max_new_tokens=17, seed=2)
+    with ScriptedServer([200], delay_s=0.05) as server:
+        engine = openai_engine(server.url, api_key_env="RL2F_TEST_TEACHER_KEY")
+        try:
+            texts = engine.chat([user(f"question {i}") for i in range(7)], sampling)
+        finally:
+            engine.close()
+    assert texts == [f"echo: question {i}" for i in range(7)]
+    first = next(r for r in server.requests if r["body"]["messages"] == user("question 0"))
+    assert first["path"] == "/v1/chat/completions"
+    assert first["headers"]["authorization"] == "Bearer secret"
+    body = first["body"]
+    assert (body["model"], body["temperature"], body["top_p"], body["max_tokens"]) == (
+        "teacher", 0.3, 0.9, 17,
+    )  # fmt: skip
+    assert body["seed"] == request_seed(2, 0)
+
+
+def test_openai_engine_retries_server_errors() -> None:
+    with ScriptedServer([500, 200]) as server:
+        engine = openai_engine(server.url)
+        try:
+            assert engine.chat([user("hello")], GREEDY) == ["echo: hello"]
+        finally:
+            engine.close()
+    assert len(server.requests) == 2
+
+
+def test_openai_engine_gives_up_after_its_retries() -> None:
+    with ScriptedServer([503]) as server:
+        engine = openai_engine(server.url, max_retries=1)
+        with pytest.raises(UserError) as error:
+            engine.chat([user("hello")], GREEDY)
+        engine.close()
+    assert str(error.value).startswith(f"{server.url}/chat/completions: HTTP 503 after 2 attempts")
+    assert len(server.requests) == 2
+
+
+def test_openai_engine_does_not_retry_a_bad_request() -> None:
+    with ScriptedServer([400]) as server:
+        engine = openai_engine(server.url)
+        with pytest.raises(UserError, match=r"/v1/chat/completions: HTTP 400: .*scripted failure"):
+            engine.chat([user("hello")], GREEDY)
+        engine.close()
+    assert len(server.requests) == 1
+
+
+def test_openai_engine_rejects_a_reply_without_content() -> None:
+    with ScriptedServer([200], echo=False) as server:
+        engine = openai_engine(server.url)
+        with pytest.raises(UserError, match=r"conversation 0: the reply has no message content"):
+            engine.chat([user("a"), user("b")], GREEDY)
+        engine.close()
+
+
+def test_openai_engine_times_out() -> None:
+    with ScriptedServer([200], delay_s=1.0) as server:
+        engine = openai_engine(server.url, timeout_s=0.2, max_retries=0)
+        with pytest.raises(UserError, match=r"chat/completions: no answer within 0.2 s"):
+            engine.chat([user("hello")], GREEDY)
+        engine.close()
+
+
+def test_openai_engine_names_an_unreachable_server() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/v1"
+    engine = openai_engine(url, max_retries=0)
+    with pytest.raises(UserError, match=rf"^{url}/chat/completions: cannot connect"):
+        engine.chat([user("hello")], GREEDY)
+    engine.close()
+
+
+@pytest.fixture(scope="module")
+def transformers_server(tiny_model_dir: Path, tmp_path_factory) -> Iterator[str]:
+    """``transformers serve`` on loopback, serving the tiny model offline."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    log_path = tmp_path_factory.mktemp("serve") / "serve.log"
+    cli = Path(sys.executable).with_name("transformers")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            [str(cli), "serve", str(tiny_model_dir), "--host", "127.0.0.1", "--port", str(port),
+             "--device", "cpu"],
+            stdout=log, stderr=subprocess.STDOUT, env=env,
+        )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"transformers serve exited: {log_path.read_text()[-2000:]}")
+            try:
+                if requests.get(f"{base}/health", timeout=1).ok:
+                    break
+            except requests.ConnectionError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"transformers serve not ready: {log_path.read_text()[-2000:]}")
+            time.sleep(0.5)
+        yield f"{base}/v1"
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.mark.slow
+def test_openai_engine_against_transformers_serve(transformers_server: str, tiny_model_dir: Path):
+    cfg = EngineConfig(kind="openai", base_url=transformers_server, timeout_s=60, concurrency=2)
+    sampling = SamplingConfig(temperature=0.0, max_new_tokens=6)
+    engine = make_engine(cfg, str(tiny_model_dir))
+    try:
+        texts = engine.chat(
+            [user("Calculate 1 + 2."), user("Calculate 3 + 4."), user("Calculate 5 + 6.")], sampling
+        )
+    finally:
+        engine.close()
+    assert len(texts) == 3 and all(isinstance(text, str) for text in texts)
+
+    wrong = make_engine(cfg, "no-such-model")
+    with pytest.raises(UserError, match=rf"^{transformers_server}/chat/completions: HTTP 400"):
+        wrong.chat([user("Calculate 1 + 2.")], sampling)
+    wrong.close()
