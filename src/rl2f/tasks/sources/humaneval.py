@@ -57,7 +57,13 @@ def load(source: SourceConfig) -> list[Task]:
                 answer=code_prompt + solution,
                 solution=solution,
                 verifier="code",
-                verifier_config={"test": problem["test"], "entry_point": problem["entry_point"]},
+                verifier_config={
+                    "test": problem["test"],
+                    "entry_point": problem["entry_point"],
+                    # The prompt's imports and helper functions run before the student's code,
+                    # as HumanEval's own harness does; the student still defines the function.
+                    "prelude": problem["prompt"],
+                },
                 metadata={"task_id": problem["task_id"], "entry_point": problem["entry_point"]},
             )
         )

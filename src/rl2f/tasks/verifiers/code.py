@@ -13,7 +13,7 @@ inspects the harness's memory could still forge a report (the same holds for Hum
 in-process ``check``). The sandbox is what keeps the machine safe, not the harness.
 
 ``verifier_config`` keys: ``test`` (source defining ``check``), ``entry_point`` (the function
-name), optional ``timeout_s`` (default 10), ``memory_mb`` (default 512) and ``prelude`` (code
+name), optional ``timeout_s`` (default 5), ``memory_mb`` (default 512) and ``prelude`` (code
 run before the program, e.g. the HumanEval prompt, so helpers and imports the student was shown
 exist even when the answer does not repeat them; the program must still define the entry point).
 
@@ -42,7 +42,7 @@ from rl2f.tasks.sandbox import SandboxResult, run_python
 from rl2f.tasks.schema import Task
 from rl2f.tasks.verifiers.base import Verdict, register
 
-DEFAULT_TIMEOUT_S = 10.0
+DEFAULT_TIMEOUT_S = 5.0
 DEFAULT_MEMORY_MB = 512
 MAX_REPORTED_TESTS = 20
 _TEXT_CAP = 300
@@ -258,7 +258,7 @@ class CodeVerifier:
     def verify(self, task: Task, response: str) -> Verdict:
         config = CodeTestConfig.from_task(task)
         try:
-            plan = plan_check(config.test)
+            plan = _plan_check(config.test)
         except ValueError as exc:
             raise DataError(f"task {task.id}: verifier_config.test {exc}") from None
         program = extract_program(response, config.entry_point)
@@ -301,7 +301,7 @@ def extract_program(response: str, entry_point: str | None = None) -> str:
 
 
 @functools.lru_cache(maxsize=1024)
-def plan_check(test_source: str) -> _CheckPlan:
+def _plan_check(test_source: str) -> _CheckPlan:
     """Split check(candidate) into steps; raises ValueError (one line) on unusable tests."""
     try:
         module = ast.parse(test_source)
@@ -333,7 +333,7 @@ def _plan_step(source: str, statement: ast.stmt, param: str) -> _Step:
     call_text = ast.get_source_segment(source, call) or ast.unparse(call)
     call_code = ast.unparse(call)
     expected = _expected_text(source, statement.test, call)
-    # The plan's tree is private to plan_check, so the call can be swapped out in place.
+    # The plan's tree is private to _plan_check, so the call can be swapped out in place.
     rewritten = _ReplaceNode(call, ast.Name(id=_ACTUAL, ctx=ast.Load())).visit(statement)
     return _Step(
         source=text,
