@@ -1,0 +1,596 @@
+"""The leak guard: no critique reaches the student if it gives away the privileged answer.
+
+The paper controls leaks with a prompt instruction and a judge after the fact; here every
+critique is checked *in the loop*, before the student sees it, and a leaking one is regenerated
+or replaced by a safe fallback. Three checks, each a flag of its own so the rate of every kind
+of leak can be reported:
+
+- ``answer_string``: the normalised answer appears in the critique as a whole run of tokens.
+  Tokens are numbers, words and operators, so "12" leaks in "the answer is 12." but not in
+  "123", and a grid or move list leaks whatever its separators ("2 1\\n4 3" = "[[2, 1], [4, 3]]").
+- ``numeric_equivalent``: a number or arithmetic/LaTeX expression in the critique equals the
+  answer's value: exactly (0.5 leaks 1/2), symbolically through math-verify (sqrt(12) leaks
+  2*sqrt(3)), or as the answer rounded to the decimals written (3.46 leaks 2*sqrt(3)).
+- ``solution_overlap``: the critique contains a large share of the reference solution's token
+  n-grams (pasting the solution code), not counting n-grams the public prompt already shows.
+
+The rule for text the student wrote: the invariant is that nothing the student is conditioned on
+contains the answer unless the student wrote it. A wrong attempt cannot be the answer, so a
+critique has no reason to repeat it: the guard flags every occurrence, quotes included. Public
+facts are not leaks: an expression copied from the prompt (restating the problem) and, when the
+answer is an expression rather than a number, its value if the prompt states it (the target of a
+countdown puzzle).
+
+Limits, by design of a string-level guard: a hint that lets the student *infer* the answer (the
+exact error together with their own number) is not detected here; the oracle teacher is written
+so its hints never pin the answer down, and LLM teachers are told not to.
+"""
+
+from __future__ import annotations
+
+import ast
+import operator
+import re
+import unicodedata
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from fractions import Fraction
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
+
+from rl2f.tasks.schema import Task
+
+if TYPE_CHECKING:  # teachers import this module's checks; the guard only needs their types
+    from rl2f.tasks.verifiers.base import Verdict
+    from rl2f.teachers.base import CritiqueRequest, Teacher
+
+CHECKS = ("answer_string", "numeric_equivalent", "solution_overlap")
+
+
+# ------------------------------------------------------------------ text normalisation
+_UNICODE_OPERATORS = str.maketrans(
+    {"−": "-", "–": "-", "—": "-", "×": "*", "·": "*", "⋅": "*", "÷": "/", "∕": "/"}
+)
+_FRAC = re.compile(r"\\[dt]?frac\s*\{([^{}]*)\}\s*\{([^{}]*)\}")
+_LATEX_WORDS = (
+    (re.compile(r"\\(?:cdot|times)"), "*"),
+    (re.compile(r"\\div"), "/"),
+    (re.compile(r"\\(?:left|right|displaystyle)\b"), ""),
+    (re.compile(r"\\[,;:! ]"), ""),
+)
+_THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
+
+
+def normalize_text(text: str) -> str:
+    """One spelling for what can be written several ways: unicode forms and operators, LaTeX
+    fractions and products, thousands separators, case."""
+    text = unicodedata.normalize("NFKC", text).translate(_UNICODE_OPERATORS)
+    previous = None
+    while previous != text:  # nested \frac{\frac{..}{..}}{..} resolve from the inside out
+        previous, text = text, _FRAC.sub(r"(\1)/(\2)", text)
+    for pattern, replacement in _LATEX_WORDS:
+        text = pattern.sub(replacement, text)
+    return _THOUSANDS.sub("", text).casefold()
+
+
+_TOKEN = re.compile(r"\d+(?:\.\d+)?|[^\W\d_]+|[-+*/^=<>%]")
+
+
+def answer_tokens(text: str) -> list[str]:
+    """Numbers, words and operators; brackets, quotes, commas and line breaks are layout.
+    A minus right after a non-number (start, operator, word) is a sign and joins the number, so
+    "-4" is one token in "x = -4" but "7 - 4" stays three."""
+    tokens: list[str] = []
+    for token in _TOKEN.findall(normalize_text(text)):
+        previous = tokens[-1] if tokens else None
+        if (
+            token[0].isdigit()
+            and previous == "-"
+            and (len(tokens) < 2 or not tokens[-2][-1].isdigit())
+        ):
+            tokens[-1] = "-" + token
+        else:
+            tokens.append(token)
+    return tokens
+
+
+def _contains_run(haystack: Sequence[str], needle: Sequence[str]) -> bool:
+    if not needle:
+        return False
+    sep = "\x1f"
+    return f"{sep}{sep.join(needle)}{sep}" in f"{sep}{sep.join(haystack)}{sep}"
+
+
+# ------------------------------------------------------------------ exact arithmetic
+_BINARY: dict[type, Callable[[Fraction, Fraction], Fraction]] = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+}
+_MAX_EXPONENT = 64
+_LEADING_ZEROS = re.compile(r"(?<![\d.])0+(?=\d)")
+
+
+def evaluate_arithmetic(expression: str) -> Fraction | None:
+    """Exact value of a plain arithmetic expression, or None if it is anything else (a grid,
+    words, a call). Fractions, not floats, so 1/3 + 1/6 equals 1/2 exactly."""
+    source = _LEADING_ZEROS.sub("", expression.replace("^", "**").strip())
+    if not source:
+        return None
+    try:
+        tree = ast.parse(source, mode="eval")
+    except (SyntaxError, ValueError):
+        return None
+    try:
+        return _evaluate_node(tree.body)
+    except (ZeroDivisionError, OverflowError):
+        return None
+
+
+def _evaluate_node(node: ast.AST) -> Fraction | None:
+    if isinstance(node, ast.Constant):
+        value = node.value
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return None
+        return Fraction(str(value))
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub | ast.UAdd):
+        operand = _evaluate_node(node.operand)
+        if operand is None:
+            return None
+        return -operand if isinstance(node.op, ast.USub) else operand
+    if isinstance(node, ast.BinOp):
+        left, right = _evaluate_node(node.left), _evaluate_node(node.right)
+        if left is None or right is None:
+            return None
+        if isinstance(node.op, ast.Pow):
+            # Bounded so a critique like "9^9^9" cannot stall the guard.
+            if right.denominator != 1 or abs(right) > _MAX_EXPONENT or abs(left) > 10**12:
+                return None
+            return left ** int(right)
+        apply = _BINARY.get(type(node.op))
+        return apply(left, right) if apply else None
+    return None
+
+
+# ------------------------------------------------------------------ symbolic (math-verify)
+def _math_compare(reference: str, candidate: str) -> Verdict:
+    """``candidate`` checked against ``reference`` by the ``math`` verifier, which runs
+    math-verify in a worker process with a hard timeout: a critique holding pathological LaTeX
+    (a huge power tower) cannot hang the rollout, from any thread."""
+    from rl2f.tasks.verifiers.math import MathVerifier
+
+    task = Task(domain="math", source="leak-guard", prompt="", answer=reference, verifier="math")
+    return MathVerifier().verify(task, f"\\boxed{{{candidate}}}")
+
+
+@lru_cache(maxsize=4096)
+def _approximate(answer: str) -> float | None:
+    """Float value of a symbolic answer (2*sqrt(3)), from the verifier's own difference to 0."""
+    difference = _math_compare(answer, "0").diagnostics.get("numeric_error")
+    return -difference if isinstance(difference, int | float) else None
+
+
+# ------------------------------------------------------------------ what is privileged
+_NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?(?![\w])")
+_PLAIN_NUMBER = re.compile(r"^[-+]?\d+(?:\.\d+)?$|^[-+]?\d+\s*/\s*\d+$")
+
+
+@dataclass(frozen=True)
+class _Privileged:
+    """Everything the checks compare against, computed once per task."""
+
+    answer: str
+    answer_tokens: tuple[str, ...]
+    value: Fraction | None  # exact value when the answer is a rational number or expression
+    symbolic: bool  # a math answer that is not rational (sqrt, pi, ...): math-verify compares
+    answer_is_number: bool  # "12", "-4", "1/2": the value itself is the answer
+    value_is_public: bool  # an expression answer whose value the prompt already states
+    prompt_compact: str  # normalised prompt without spaces, to recognise restated expressions
+    solution_ngrams: frozenset[tuple[str, ...]]
+
+
+@lru_cache(maxsize=4096)
+def _privileged(domain: str, prompt: str, answer: str, solution: str | None, n: int) -> _Privileged:
+    ascii_answer = normalize_text(answer).replace("$", "").strip()
+    value = evaluate_arithmetic(ascii_answer)
+    answer_is_number = bool(_PLAIN_NUMBER.match(ascii_answer))
+    prompt_norm = normalize_text(prompt)
+    prompt_values = {Fraction(match) for match in _NUMBER.findall(prompt_norm)}
+    return _Privileged(
+        answer=answer.strip(),
+        answer_tokens=tuple(answer_tokens(answer)),
+        value=value,
+        symbolic=value is None and domain == "math" and bool(answer.strip()),
+        answer_is_number=answer_is_number,
+        value_is_public=value is not None and not answer_is_number and value in prompt_values,
+        prompt_compact=re.sub(r"\s+", "", prompt_norm),
+        solution_ngrams=_solution_ngrams(solution, prompt, n) if solution else frozenset(),
+    )
+
+
+# ------------------------------------------------------------------ candidates in a critique
+_ARITHMETIC_RUN = re.compile(r"[-+(]*\d[\d.\s()+\-*/^]*")
+_SIMPLE_FRACTION = re.compile(r"(?<![\w.])-?\d+\s*/\s*\d+(?![\w.])")
+_PERCENT = re.compile(r"(?<![\w.])(-?\d+(?:\.\d+)?)\s*(?:%|percent\b)")
+_LATEX_SPAN = re.compile(r"\$\$(.+?)\$\$|\$(.+?)\$|\\\((.+?)\\\)|\\\[(.+?)\\\]", re.S)
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    text: str
+    value: Fraction
+    is_expression: bool
+    decimals: int  # digits after the point as written: "3.46" -> 2, to compare roundings
+
+
+def _rounds_to(value: float, candidate: _Candidate) -> bool:
+    """3.46 for 2*sqrt(3), 0.33 for 1/3: a rounding of the answer leaks it too. Needs two
+    written decimals, so "off by about 0.5" is not read as a rounding of 1/3."""
+    if candidate.decimals < 2:
+        return False
+    tolerance = 0.5 * 10 ** (-candidate.decimals) + 1e-12
+    return abs(float(candidate.value) - value) <= tolerance
+
+
+def _decimals(text: str) -> int:
+    return max((len(part) for part in re.findall(r"\.(\d+)", text)), default=0)
+
+
+def _trim_run(run: str) -> str:
+    run = run.strip().rstrip("+-*/^.( \t\n")
+    # Unbalanced brackets come from prose around the run: "(see 2 + 3)" -> "2 + 3".
+    while run.count("(") > run.count(")") and run.startswith("("):
+        run = run[1:].lstrip()
+    while run.count(")") > run.count("(") and run.endswith(")"):
+        run = run[:-1].rstrip()
+    return run
+
+
+def numeric_candidates(text: str) -> list[_Candidate]:
+    """Every number, simple fraction, percentage and arithmetic expression written in the text,
+    with its exact value."""
+    normalized = normalize_text(text)
+    found: dict[tuple[str, bool], _Candidate] = {}
+
+    def add(candidate_text: str, value: Fraction | None, is_expression: bool) -> None:
+        if value is not None:
+            key = (re.sub(r"\s+", "", candidate_text), is_expression)
+            found.setdefault(key, _Candidate(key[0], value, is_expression, _decimals(key[0])))
+
+    for match in _NUMBER.finditer(normalized):
+        add(match.group(), Fraction(match.group()), False)
+    for match in _SIMPLE_FRACTION.finditer(normalized):
+        add(match.group(), evaluate_arithmetic(match.group()), True)
+    for match in _PERCENT.finditer(normalized):
+        add(match.group(), Fraction(match.group(1)) / 100, False)
+    for match in _ARITHMETIC_RUN.finditer(normalized):
+        run = _trim_run(match.group())
+        if re.search(r"\d\)*\s*[-+*/^]\s*[-+(]*\d", run):
+            add(run, evaluate_arithmetic(run), True)
+    return list(found.values())
+
+
+def latex_spans(text: str) -> list[str]:
+    """Math written as LaTeX: $...$, \\(...\\), \\[...\\] and \\boxed{...} (braces balanced)."""
+    spans = [
+        next(group for group in match.groups() if group) for match in _LATEX_SPAN.finditer(text)
+    ]
+    start = text.find("\\boxed{")
+    while start != -1:
+        depth, position = 0, start + len("\\boxed")
+        for position in range(start + len("\\boxed"), len(text)):
+            depth += {"{": 1, "}": -1}.get(text[position], 0)
+            if depth == 0:
+                break
+        spans.append(text[start + len("\\boxed{") : position])
+        start = text.find("\\boxed{", position)
+    return [span.strip() for span in spans if span.strip()]
+
+
+# ------------------------------------------------------------------ code overlap
+_CODE_TOKEN = re.compile(r"[A-Za-z_]\w*|\d+(?:\.\d+)?|==|!=|<=|>=|\*\*|//|->|[-+*/%<>=]=?|[^\s\w]")
+_COMMENT = re.compile(r"#[^\n]*")
+
+
+def code_tokens(text: str) -> list[str]:
+    return _CODE_TOKEN.findall(_COMMENT.sub("", text))
+
+
+def _ngrams(tokens: Sequence[str], n: int) -> set[tuple[str, ...]]:
+    return {tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)}
+
+
+def _solution_ngrams(solution: str, prompt: str, n: int) -> frozenset[tuple[str, ...]]:
+    """The solution's n-grams that the prompt does not already show (a function signature or
+    docstring quoted back is public). Solutions shorter than n use their whole token run."""
+    tokens = code_tokens(solution)
+    size = max(2, min(n, len(tokens)))
+    return frozenset(_ngrams(tokens, size) - _ngrams(code_tokens(prompt), size))
+
+
+# ------------------------------------------------------------------ the guard
+@dataclass(frozen=True)
+class LeakFlags(Mapping[str, Any]):
+    """Which checks fired on one critique, with the text that fired them (for the logs).
+
+    It also reads as a JSON-ready mapping (``dict(flags)``), the form episodes store.
+    """
+
+    answer_string: bool = False
+    numeric_equivalent: bool = False
+    solution_overlap: bool = False
+    evidence: tuple[str, ...] = ()
+    overlap: float = 0.0  # share of the solution's private n-grams found in the critique
+
+    @property
+    def leaked(self) -> bool:
+        return self.answer_string or self.numeric_equivalent or self.solution_overlap
+
+    @property
+    def fired(self) -> tuple[str, ...]:
+        return tuple(name for name in CHECKS if getattr(self, name))
+
+    def __or__(self, other: LeakFlags) -> LeakFlags:
+        """Union over several critiques of one request (every rejected regeneration)."""
+        return LeakFlags(
+            answer_string=self.answer_string or other.answer_string,
+            numeric_equivalent=self.numeric_equivalent or other.numeric_equivalent,
+            solution_overlap=self.solution_overlap or other.solution_overlap,
+            evidence=tuple(dict.fromkeys(self.evidence + other.evidence)),
+            overlap=max(self.overlap, other.overlap),
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        record: dict[str, Any] = {name: getattr(self, name) for name in CHECKS}
+        record.update(leaked=self.leaked, evidence=list(self.evidence), overlap=self.overlap)
+        return record
+
+    def __getitem__(self, key: str) -> Any:
+        return self.as_dict()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter((*CHECKS, "leaked", "evidence", "overlap"))
+
+    def __len__(self) -> int:
+        return len(CHECKS) + 3
+
+
+class LeakGuard:
+    """Checks a critique against one task's privileged answer and solution.
+
+    ``overlap_threshold``: share of the solution's private token n-grams (``ngram_size`` tokens
+    each) that a critique may contain before it counts as pasting the solution.
+    """
+
+    def __init__(self, overlap_threshold: float = 0.5, ngram_size: int = 4) -> None:
+        if not 0.0 < overlap_threshold <= 1.0:
+            raise ValueError(f"overlap_threshold must be in (0, 1], got {overlap_threshold}")
+        if ngram_size < 2:
+            raise ValueError(f"ngram_size must be at least 2, got {ngram_size}")
+        self.overlap_threshold = overlap_threshold
+        self.ngram_size = ngram_size
+
+    def check(self, task: Task, critique: str) -> LeakFlags:
+        private = _privileged(task.domain, task.prompt, task.answer, task.solution, self.ngram_size)
+        evidence: list[str] = []
+
+        answer_string = _contains_run(answer_tokens(critique), private.answer_tokens)
+        if answer_string:
+            evidence.append(" ".join(private.answer_tokens))
+
+        numeric = self._numeric_evidence(private, critique)
+        evidence.extend(numeric)
+
+        overlap = self._overlap(private, critique)
+        solution_overlap = overlap >= self.overlap_threshold
+        if solution_overlap:
+            evidence.append(f"{overlap:.0%} of the solution's n-grams")
+
+        return LeakFlags(
+            answer_string=answer_string,
+            numeric_equivalent=bool(numeric),
+            solution_overlap=solution_overlap,
+            evidence=tuple(evidence),
+            overlap=overlap,
+        )
+
+    def _numeric_evidence(self, private: _Privileged, critique: str) -> list[str]:
+        if private.value is None and not private.symbolic:
+            return []
+        approx = float(private.value) if private.value is not None else None
+        hits = []
+        for candidate in numeric_candidates(critique):
+            if self._is_public(private, candidate):
+                continue
+            if private.value is not None and candidate.value == private.value:
+                hits.append(candidate.text)
+                continue
+            if private.symbolic and candidate.decimals >= 2 and approx is None:
+                approx = _approximate(private.answer)
+            if approx is not None and _rounds_to(approx, candidate):
+                hits.append(candidate.text)
+        # Math written in LaTeX that did not reduce to a plain rational above (sqrt(12), pi/2)
+        # goes to math-verify; for a symbolic answer every span does.
+        asked = [
+            span
+            for span in latex_spans(critique)
+            if (private.symbolic or evaluate_arithmetic(normalize_text(span)) is None)
+            and not self._span_is_public(private, span)
+        ]
+        hits.extend(span for span in asked if _math_compare(private.answer, span).correct)
+        return list(dict.fromkeys(hits))
+
+    @staticmethod
+    def _is_public(private: _Privileged, candidate: _Candidate) -> bool:
+        if candidate.is_expression:
+            return candidate.text in private.prompt_compact
+        return private.value_is_public and candidate.value == private.value
+
+    @staticmethod
+    def _span_is_public(private: _Privileged, span: str) -> bool:
+        compact = re.sub(r"\s+", "", normalize_text(span))
+        if compact in private.prompt_compact:
+            return True
+        return (
+            private.value_is_public
+            and evaluate_arithmetic(compact) == private.value
+            and bool(_PLAIN_NUMBER.match(compact))
+        )
+
+    def _overlap(self, private: _Privileged, critique: str) -> float:
+        if not private.solution_ngrams:
+            return 0.0
+        size = len(next(iter(private.solution_ngrams)))
+        found = private.solution_ngrams & _ngrams(code_tokens(critique), size)
+        return len(found) / len(private.solution_ngrams)
+
+
+# ------------------------------------------------------------------ guarded critiques
+@dataclass(frozen=True)
+class GuardedCritique:
+    """What the student is shown, and what it took to get there."""
+
+    text: str
+    leaked_attempts: int  # critiques the guard rejected for this request
+    fell_back: bool  # True when every attempt leaked and ``text`` is the fallback message
+    flags: LeakFlags = field(default_factory=LeakFlags)  # union over the rejected attempts
+
+
+@dataclass(frozen=True)
+class LeakStats:
+    """Counts over many guarded critiques; add two to accumulate across turns and batches."""
+
+    critiques: int = 0
+    leaked: int = 0  # requests whose first critique leaked
+    regenerations: int = 0  # extra teacher critiques requested after leaks
+    fell_back: int = 0
+    by_check: tuple[tuple[str, int], ...] = tuple((name, 0) for name in CHECKS)
+
+    @classmethod
+    def of(cls, guarded: Iterable[GuardedCritique]) -> LeakStats:
+        guarded = list(guarded)
+        return cls(
+            critiques=len(guarded),
+            leaked=sum(item.leaked_attempts > 0 for item in guarded),
+            regenerations=sum(item.leaked_attempts - item.fell_back for item in guarded),
+            fell_back=sum(item.fell_back for item in guarded),
+            by_check=tuple(
+                (name, sum(getattr(item.flags, name) for item in guarded)) for name in CHECKS
+            ),
+        )
+
+    def __add__(self, other: LeakStats) -> LeakStats:
+        return LeakStats(
+            critiques=self.critiques + other.critiques,
+            leaked=self.leaked + other.leaked,
+            regenerations=self.regenerations + other.regenerations,
+            fell_back=self.fell_back + other.fell_back,
+            by_check=tuple(
+                (name, count + dict(other.by_check)[name]) for name, count in self.by_check
+            ),
+        )
+
+    @property
+    def leak_rate(self) -> float:
+        """Share of critiques whose first version leaked (the paper's ~0.3% figure)."""
+        return self.leaked / self.critiques if self.critiques else 0.0
+
+    @property
+    def fallback_rate(self) -> float:
+        return self.fell_back / self.critiques if self.critiques else 0.0
+
+    def as_metrics(self, prefix: str = "leak/") -> dict[str, float]:
+        metrics = {
+            f"{prefix}critiques": float(self.critiques),
+            f"{prefix}leaked": float(self.leaked),
+            f"{prefix}regenerations": float(self.regenerations),
+            f"{prefix}fell_back": float(self.fell_back),
+            f"{prefix}rate": self.leak_rate,
+            f"{prefix}fallback_rate": self.fallback_rate,
+        }
+        metrics.update({f"{prefix}{name}": float(count) for name, count in self.by_check})
+        return metrics
+
+
+def guarded_critiques(
+    teacher: Teacher,
+    requests: Sequence[CritiqueRequest],
+    guard: LeakGuard,
+    max_regenerations: int,
+    fallback_message: str,
+) -> list[GuardedCritique]:
+    """Critiques for a batch, each checked before any student sees it.
+
+    Leaking critiques are requested again (only those, in one batched call, with the request's
+    ``attempt_number`` increased so the teacher can vary its output) up to ``max_regenerations``
+    times; a request that still leaks gets ``fallback_message``, which is trusted config text.
+    Teachers that never read privileged data (``self``, ``retry``) are not checked: whatever
+    they write came from the student's side of the table.
+    """
+    if max_regenerations < 0:
+        raise ValueError(f"max_regenerations must be >= 0, got {max_regenerations}")
+    requests = list(requests)
+    if not requests:
+        return []
+    texts = _critique(teacher, requests)
+    if not teacher.privileged:
+        return [GuardedCritique(text, 0, False) for text in texts]
+
+    results: list[GuardedCritique | None] = [None] * len(requests)
+    rejected = [0] * len(requests)
+    rejected_flags = [LeakFlags() for _ in requests]
+    pending = list(range(len(requests)))
+    for round_index in range(max_regenerations + 1):
+        leaking = []
+        for index, text in zip(pending, texts, strict=True):
+            flags = guard.check(requests[index].task, text)
+            if flags.leaked:
+                rejected[index] += 1
+                rejected_flags[index] |= flags
+                leaking.append(index)
+            else:
+                results[index] = GuardedCritique(
+                    text, rejected[index], False, rejected_flags[index]
+                )
+        pending = leaking
+        if not pending or round_index == max_regenerations:
+            break
+        retries = [
+            replace(
+                requests[index], attempt_number=requests[index].attempt_number + round_index + 1
+            )
+            for index in pending
+        ]
+        texts = _critique(teacher, retries)
+
+    for index in pending:
+        results[index] = GuardedCritique(
+            fallback_message, rejected[index], True, rejected_flags[index]
+        )
+    return [result for result in results if result is not None]
+
+
+def _critique(teacher: Teacher, requests: list[CritiqueRequest]) -> list[str]:
+    texts = teacher.critique(requests)
+    if len(texts) != len(requests):
+        name = getattr(teacher, "name", type(teacher).__name__)
+        raise RuntimeError(
+            f"teacher {name!r} returned {len(texts)} critiques for {len(requests)} requests"
+        )
+    return list(texts)
+
+
+__all__ = [
+    "CHECKS",
+    "GuardedCritique",
+    "LeakFlags",
+    "LeakGuard",
+    "LeakStats",
+    "answer_tokens",
+    "evaluate_arithmetic",
+    "guarded_critiques",
+    "latex_spans",
+    "normalize_text",
+    "numeric_candidates",
+]
