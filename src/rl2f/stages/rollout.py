@@ -1,0 +1,101 @@
+"""``rl2f rollout``: didactic episodes of a trained policy with a teacher.
+
+Reads ``<data.out_dir>/<rollout.split>.parquet``, rolls out the model in ``rollout.model_dir``
+against ``teacher`` and writes ``episodes.parquet`` (for training: critique distillation reads
+it), ``episodes.jsonl`` (for people) and ``summary.json`` to ``rollout.out_dir``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from rl2f.config import Config
+from rl2f.episodes import (
+    Episode,
+    format_summary,
+    summarize,
+    write_episodes,
+    write_episodes_jsonl,
+)
+from rl2f.errors import DataError, UserError
+from rl2f.tasks.io import atomic_write_text, read_tasks
+
+log = logging.getLogger(__name__)
+
+EPISODES_FILE = "episodes.parquet"
+EPISODES_JSONL = "episodes.jsonl"
+SUMMARY_FILE = "summary.json"
+
+
+def roll_out(cfg: Config, progress: bool = True) -> tuple[list[Episode], dict[str, Any]]:
+    """The episodes and their per-turn summary, without writing anything."""
+    from rl2f.engines import make_engine
+    from rl2f.leakage import LeakGuard
+    from rl2f.rollout import run_episodes
+    from rl2f.teachers import make_teacher
+
+    params = cfg.rollout
+    tasks_path = Path(cfg.data.out_dir) / f"{params.split}.parquet"
+    tasks = read_tasks(tasks_path)[: params.max_tasks]
+    if not tasks:
+        raise DataError(f"{tasks_path}: holds no tasks to roll out")
+    model_dir = Path(params.model_dir)
+    if not model_dir.is_dir():
+        raise UserError(
+            f"rollout.model_dir: {model_dir} is not a model directory (train it first, e.g. "
+            "`rl2f train_rl2f`, or point rollout.model_dir at one)"
+        )
+    if params.engine.kind not in ("transformers", "vllm"):
+        raise UserError(
+            f"rollout.engine.kind: {params.engine.kind!r} returns text, but the student is rolled "
+            "out on token ids; use 'transformers' or 'vllm'"
+        )
+
+    student = make_engine(params.engine, str(model_dir), dtype=cfg.model.dtype)
+    try:
+        teacher = make_teacher(cfg.teacher, engine=student if cfg.teacher.kind == "self" else None)
+        try:
+            episodes = run_episodes(
+                tasks,
+                student,  # type: ignore[arg-type]  (a token engine: checked by kind above)
+                teacher,
+                num_generations=params.num_generations,
+                max_turns=params.max_turns,
+                gamma=params.gamma,
+                sampling=params.sampling,
+                guard=LeakGuard(),
+                max_regenerations=cfg.teacher.max_regenerations,
+                fallback_message=cfg.teacher.fallback_message,
+                policy_name=model_dir.name,
+                progress=progress,
+            )
+        finally:
+            teacher_engine = getattr(teacher, "engine", None)
+            if teacher_engine is not None and teacher_engine is not student:
+                teacher_engine.close()
+    finally:
+        student.close()
+
+    summary = summarize(episodes, params.max_turns)
+    summary.update(
+        split=params.split, policy=model_dir.name, teacher=teacher.name, model_dir=str(model_dir)
+    )
+    return episodes, summary
+
+
+def write_outputs(out_dir: str | Path, episodes: list[Episode], summary: dict[str, Any]) -> None:
+    out_dir = Path(out_dir)
+    write_episodes(out_dir / EPISODES_FILE, episodes)
+    write_episodes_jsonl(out_dir / EPISODES_JSONL, episodes)
+    atomic_write_text(out_dir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
+
+
+def run(cfg: Config) -> dict[str, Any]:
+    episodes, summary = roll_out(cfg)
+    write_outputs(cfg.rollout.out_dir, episodes, summary)
+    print(format_summary(summary))
+    log.info("rollout: %d episodes written to %s", len(episodes), cfg.rollout.out_dir)
+    return {"stage": "rollout", "out_dir": cfg.rollout.out_dir, **summary}
