@@ -1,20 +1,36 @@
 """``distill``: train the RL2F policy to also predict the teacher's critiques (models/rl2f_critic),
-so the ``self`` feedback mode can correct itself without a teacher."""
+so the ``self`` feedback mode can correct itself without a teacher.
+
+Reads the episodes of ``rl2f rollout`` (``distill.episodes_dir``), the task files (to check every
+example against its task's privileged answer) and the RL2F policy (``train.rl2f_dir``); writes the
+model with a ``distill_summary.json`` to ``distill.out_dir``.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
 from rl2f.config import Config
 from rl2f.episodes import read_episodes
-from rl2f.errors import UserError
-from rl2f.tasks.io import read_tasks
+from rl2f.errors import DataError, UserError
+from rl2f.tasks.io import atomic_write_text, read_tasks
+from rl2f.tasks.schema import SPLITS, Task
 from rl2f.tracking import active
 
 log = logging.getLogger(__name__)
 
 EPISODES_FILE = "episodes.parquet"
+SUMMARY_FILE = "distill_summary.json"
+
+
+def all_tasks(tasks_dir: str | Path) -> dict[str, Task]:
+    paths = [Path(tasks_dir) / f"{split}.parquet" for split in SPLITS]
+    found = [path for path in paths if path.exists()]
+    if not found:
+        raise DataError(f"{tasks_dir}: no task files (run `rl2f prepare` first)")
+    return {task.id: task for path in found for task in read_tasks(path)}
 
 
 def run(cfg: Config) -> dict:
@@ -24,19 +40,16 @@ def run(cfg: Config) -> dict:
     if not episodes_path.exists():
         raise UserError(f"{episodes_path}: no episodes (run `rl2f rollout` first)")
     policy_dir = cfg.train.rl2f_dir
-    if not Path(policy_dir).exists():
+    if not Path(policy_dir).is_dir():
         raise UserError(f"{policy_dir}: RL2F policy not found (run `rl2f train_rl2f` first)")
     episodes = read_episodes(episodes_path)
-    tasks = {
-        task.id: task
-        for split in ("train", "eval_id", "eval_ood")
-        if (Path(cfg.data.out_dir) / f"{split}.parquet").exists()
-        for task in read_tasks(Path(cfg.data.out_dir) / f"{split}.parquet")
-    }
-    examples = build_examples(cfg, episodes, tasks)
+    examples = build_examples(cfg, episodes, all_tasks(cfg.data.out_dir))
     log.info("distill: %d examples from %d episodes", len(examples), len(episodes))
     summary = train_critic(cfg, examples, policy_dir)
+    summary |= {"stage": "distill", "episodes": len(episodes)}
+    out_dir = Path(cfg.distill.out_dir)
+    atomic_write_text(out_dir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
     run_ = active()
     if run_ and cfg.tracking.log_models:
-        run_.log_artifacts(cfg.distill.out_dir, artifact_path="model")
+        run_.log_artifacts(str(out_dir), artifact_path="model")
     return summary

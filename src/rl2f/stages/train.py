@@ -1,31 +1,47 @@
-"""``train_rl2f`` and ``train_single_turn``: one trainer, two run specs (see rl2f.training.grpo)."""
+"""``train_rl2f`` and ``train_single_turn``: one trainer, two run specs (see rl2f.training.grpo).
+
+Reads ``<data.out_dir>/train.parquet`` and the base model, trains with GRPO, and writes the model
+with a ``training_summary.json`` to ``train.rl2f_dir`` or ``train.single_turn_dir``. Inside a
+tracked stage run TRL reports its scalars and our ``rollout/*`` metrics to MLflow, and the final
+model is logged as the run's ``model`` artifact.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 from pathlib import Path
+from typing import Literal
 
 from rl2f.config import Config
+from rl2f.errors import DataError
 from rl2f.tasks.io import atomic_write_text, read_tasks
 from rl2f.tracking import active
 
 log = logging.getLogger(__name__)
 
+SUMMARY_FILE = "training_summary.json"
 
-def run_training(cfg: Config, which: str) -> dict:
+
+def run_training(cfg: Config, which: Literal["rl2f", "single_turn"]) -> dict:
     from rl2f.training.grpo import run_specs, train
 
     spec = run_specs(cfg)[which]
-    tasks = read_tasks(Path(cfg.data.out_dir) / "train.parquet")
-    if cfg.train.max_tasks:
-        tasks = tasks[: cfg.train.max_tasks]
+    tasks_path = Path(cfg.data.out_dir) / "train.parquet"
+    tasks = read_tasks(tasks_path)[: cfg.train.max_tasks]
+    if not tasks:
+        raise DataError(f"{tasks_path}: holds no training tasks")
     stage = f"train_{which}"
     run = active()
     summary = train(cfg, spec, tasks, report_to=["mlflow"] if run else ["none"])
-    summary |= {"stage": stage, "tasks": len(tasks), "num_generations": spec.num_generations}
+    summary |= {
+        "stage": stage,
+        "tasks": len(tasks),
+        "max_turns": spec.max_turns,
+        "num_generations": spec.num_generations,
+    }
+    atomic_write_text(Path(spec.out_dir) / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
     if run and cfg.tracking.log_models:
         run.log_artifacts(spec.out_dir, artifact_path="model")
-    atomic_write_text(Path(spec.out_dir) / "training_summary.json", json.dumps(summary, indent=2))
     log.info("%s: %s", stage, summary)
     return summary

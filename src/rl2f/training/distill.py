@@ -5,22 +5,27 @@ followed by the self-critique request; its target is the privileged teacher's cr
 privileged answer never enters an input: the teacher wrote the critique with it, but the leak
 guard already kept it out of the critique, and every example is checked again here. Student turns
 of solved episodes are mixed in so the model keeps its student skill. Loss falls on the target
-only (TRL's prompt/completion format).
+only (TRL's prompt/completion format with ``completion_only_loss``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import math
 import random
+import shutil
+import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from rl2f.config import Config
 from rl2f.engines.base import Message
 from rl2f.episodes import Episode
-from rl2f.errors import DataError
+from rl2f.errors import DataError, UserError
 from rl2f.tasks.schema import Task
 
 log = logging.getLogger(__name__)
@@ -28,11 +33,19 @@ log = logging.getLogger(__name__)
 
 def self_critique_messages(conversation: list[Message], template: str) -> list[Message]:
     """The public conversation (ending with the student's attempt) plus the request to critique
-    that attempt. The ``self`` teacher sends exactly this at test time, so training and use see
-    one format. The template may name {prompt} (the problem) and {attempt} (the last answer)."""
-    problem = conversation[0]["content"]
-    attempt = conversation[-1]["content"]
-    request = template.format(prompt=problem, attempt=attempt)
+    that attempt. The ``self`` teacher must send exactly this at test time, so training and use
+    see one format. The template may name {prompt} (the problem) and {attempt} (the last
+    answer)."""
+    problem = next((m["content"] for m in conversation if m["role"] == "user"), None)
+    if problem is None or conversation[-1]["role"] != "assistant":
+        raise ValueError("a self-critique conversation holds the problem and ends with an attempt")
+    try:
+        request = template.format(prompt=problem, attempt=conversation[-1]["content"])
+    except (KeyError, IndexError, ValueError) as exc:
+        raise UserError(
+            f"teacher.self_prompt_template: cannot be filled ({exc!r}); it may name only "
+            f"{{prompt}} and {{attempt}}"
+        ) from None
     return [*conversation, {"role": "user", "content": request}]
 
 
@@ -40,21 +53,28 @@ def self_critique_messages(conversation: list[Message], template: str) -> list[M
 class Example:
     prompt: list[Message]
     completion: list[Message]
-    kind: str  # "critique" | "student"
+    kind: Literal["critique", "student"]
     task_id: str
+
+
+def _role(turn_role: str) -> str:
+    return "assistant" if turn_role == "student" else "user"
 
 
 def critique_examples(
     episode: Episode, problem: str, template: str, only_followed_by_fix: bool
 ) -> list[Example]:
+    """One example per teacher critique: the public conversation up to the attempt it answers,
+    the self-critique request, and the critique as target. Fallback messages are not critiques;
+    with ``only_followed_by_fix`` only critiques whose next attempt was correct are kept."""
     examples = []
     history: list[Message] = [{"role": "user", "content": problem}]
     turns = episode.turns
     for index, turn in enumerate(turns):
-        if turn.role == "teacher":
+        if turn.role == "teacher" and not turn.fell_back:
             revision = turns[index + 1] if index + 1 < len(turns) else None
             fixed = revision is not None and bool(revision.correct)
-            if (fixed or not only_followed_by_fix) and not turn.fell_back:
+            if fixed or not only_followed_by_fix:
                 examples.append(
                     Example(
                         prompt=self_critique_messages(history, template),
@@ -63,15 +83,12 @@ def critique_examples(
                         task_id=episode.task_id,
                     )
                 )
-        role = "assistant" if turn.role == "student" else "user"
-        history.append({"role": role, "content": turn.text})
+        history.append({"role": _role(turn.role), "content": turn.text})
     return examples
 
 
 def student_examples(episode: Episode, problem: str) -> list[Example]:
     """The solving turn of a solved episode, in its full public context."""
-    if episode.solved_at is None:
-        return []
     history: list[Message] = [{"role": "user", "content": problem}]
     for turn in episode.turns:
         if turn.role == "student" and turn.correct:
@@ -83,71 +100,107 @@ def student_examples(episode: Episode, problem: str) -> list[Example]:
                     task_id=episode.task_id,
                 )
             ]
-        history.append(
-            {"role": "assistant" if turn.role == "student" else "user", "content": turn.text}
-        )
+        history.append({"role": _role(turn.role), "content": turn.text})
     return []
 
 
-def build_examples(cfg: Config, episodes: list[Episode], tasks: dict[str, Task]) -> list[Example]:
+def build_examples(
+    cfg: Config, episodes: Sequence[Episode], tasks: Mapping[str, Task]
+) -> list[Example]:
+    """Every distillation example of ``episodes``, each checked by :func:`assert_public`."""
     from rl2f.leakage import LeakGuard
 
     guard = LeakGuard()
+    template = cfg.teacher.self_prompt_template
     examples: list[Example] = []
-    for episode in episodes:
+    for number, episode in enumerate(episodes):
         task = tasks.get(episode.task_id)
         if task is None:
-            raise DataError(f"episode of task {episode.task_id}: task not found in data/tasks")
-        examples += critique_examples(
-            episode, task.prompt, cfg.teacher.self_prompt_template, cfg.distill.only_followed_by_fix
-        )
+            raise DataError(
+                f"{cfg.distill.episodes_dir}: episode {number}: task {episode.task_id} is not in "
+                f"{cfg.data.out_dir}"
+            )
+        if episode.student_visible and episode.student_visible[0] != task.prompt:
+            raise DataError(
+                f"{cfg.distill.episodes_dir}: episode {number}: its first prompt is not the "
+                f"prompt of task {task.id} (episodes and tasks come from different runs)"
+            )
+        found = critique_examples(episode, task.prompt, template, cfg.distill.only_followed_by_fix)
         if cfg.distill.include_student_turns:
-            examples += student_examples(episode, task.prompt)
-    for example in examples:
-        assert_public(example, tasks[example.task_id], guard)
+            found += student_examples(episode, task.prompt)
+        for example in found:
+            assert_public(example, task, guard, template)
+        examples += found
     random.Random(cfg.distill.seed).shuffle(examples)
     return examples
 
 
-def assert_public(example: Example, task: Task, guard: Any) -> None:
-    """Inputs hold the problem, the student's own attempts and teacher critiques; only the
-    critiques (and a critique target) could carry the privileged answer, so each is checked."""
-    critiques = [m["content"] for m in example.prompt[1:-1] if m["role"] == "user"]
+def assert_public(example: Example, task: Task, guard: Any, template: str) -> None:
+    """Fail unless the example's input is public: the task's prompt first, then the student's own
+    attempts and teacher critiques that pass the leak guard, then (critique examples) the
+    self-critique request. A critique target must pass the guard too; a student target is the
+    student's own correct answer, which it wrote."""
+    where = f"distill example of task {task.id} ({example.kind})"
+    if not example.prompt or example.prompt[0] != {"role": "user", "content": task.prompt}:
+        raise DataError(f"{where}: the first message is not the task's public prompt")
+    conversation = example.prompt
     if example.kind == "critique":
-        critiques += [m["content"] for m in example.completion]
-    for text in critiques:
+        conversation = example.prompt[:-1]
+        if example.prompt != self_critique_messages(conversation, template):
+            raise DataError(f"{where}: does not end with the self-critique request")
+    checked = [m["content"] for m in conversation[1:] if m["role"] != "assistant"]
+    if example.kind == "critique":
+        checked += [m["content"] for m in example.completion]
+    for text in checked:
         if guard.check(task, text).leaked:
-            raise DataError(f"distill example for task {task.id}: a critique reveals the answer")
+            raise DataError(f"{where}: a critique reveals the privileged answer: {text[:80]!r}")
 
 
-def train_critic(cfg: Config, examples: list[Example], base_dir: str) -> dict[str, Any]:
+# ---------------------------------------------------------------- training
+def critic_settings(cfg: Config, examples: Sequence[Example], base_dir: str) -> dict[str, Any]:
+    """What decides the distilled model: a checkpoint is resumed only under the same settings."""
+    from rl2f.training.grpo import model_identity
+
+    digest = hashlib.sha256()
+    for example in examples:
+        digest.update(json.dumps([example.prompt, example.completion], sort_keys=True).encode())
+    return {
+        "distill": cfg.distill.model_dump(mode="json", exclude={"save_steps"}),
+        "base": model_identity(base_dir),
+        "examples": digest.hexdigest(),
+    }
+
+
+def build_critic_trainer(
+    cfg: Config, examples: Sequence[Example], base_dir: str, work_dir: Path, report_to: list[str]
+):  # noqa: ANN201
+    """TRL's SFTTrainer over ``examples`` in prompt/completion form: the loss falls on the
+    completion (the critique, or the student's solving turn) only."""
+    import torch
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
-    from rl2f.training.checkpoints import last_complete_checkpoint, replace_dir
+    from rl2f.training.grpo import load_causal_lm, load_tokenizer_with_template, world_size
 
-    if not examples:
-        raise DataError(
-            f"{cfg.distill.episodes_dir}: no critique examples (no critique was followed by a fix; "
-            "set distill.only_followed_by_fix=false or roll out more episodes)"
-        )
     d = cfg.distill
-    tokenizer = AutoTokenizer.from_pretrained(base_dir)
-    model = AutoModelForCausalLM.from_pretrained(base_dir)
-    work_dir = Path(d.out_dir).with_name(f"{Path(d.out_dir).name}.checkpoints")
+    if d.batch_size % world_size():
+        raise UserError(
+            f"distill.batch_size: {d.batch_size} does not split over {world_size()} processes"
+        )
+    tokenizer = load_tokenizer_with_template(base_dir)
+    model = load_causal_lm(base_dir, cfg.model.dtype)
     dataset = Dataset.from_list(
         [{"prompt": e.prompt, "completion": e.completion} for e in examples]
     )
+    cuda = torch.cuda.is_available()
     args = SFTConfig(
         output_dir=str(work_dir),
         max_steps=d.steps,
-        per_device_train_batch_size=d.batch_size,
+        per_device_train_batch_size=d.batch_size // world_size(),
         learning_rate=d.learning_rate,
         lr_scheduler_type="cosine",
-        warmup_steps=0.05,  # a fraction of max_steps
+        warmup_steps=math.ceil(0.05 * d.steps),
         completion_only_loss=True,
-        bf16=False,
         gradient_checkpointing=False,
         save_strategy="steps",
         save_steps=d.save_steps,
@@ -155,21 +208,50 @@ def train_critic(cfg: Config, examples: list[Example], base_dir: str) -> dict[st
         logging_steps=1,
         seed=d.seed,
         data_seed=d.seed,
-        report_to=["mlflow"] if cfg.tracking.enabled else "none",
+        use_cpu=not cuda,
+        bf16=cuda and torch.cuda.is_bf16_supported(),
+        report_to=report_to,
     )
-    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
-    resume = last_complete_checkpoint(work_dir)
-    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    staging = Path(d.out_dir).with_name(f".{Path(d.out_dir).name}.staging")
-    trainer.model.save_pretrained(staging)
-    tokenizer.save_pretrained(staging)
-    replace_dir(staging, d.out_dir)
+    return SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+
+
+def train_critic(cfg: Config, examples: Sequence[Example], base_dir: str) -> dict[str, Any]:
+    """Fine-tune ``base_dir`` on ``examples`` and publish the model to ``distill.out_dir``;
+    resumable like the GRPO stages (checkpoints in ``<out_dir>.checkpoints``)."""
+    from accelerate import PartialState
+
+    from rl2f.tracking import active
+    from rl2f.training.checkpoints import last_complete_checkpoint, resumable_checkpoint
+    from rl2f.training.grpo import checkpoint_dir, publish
+
+    d = cfg.distill
     counts = {kind: sum(e.kind == kind for e in examples) for kind in ("critique", "student")}
-    summary = {
+    if not counts["critique"]:
+        raise DataError(
+            f"{d.episodes_dir}: no critique examples (no critique was followed by a fix; set "
+            "distill.only_followed_by_fix=false or roll out more episodes)"
+        )
+    state = PartialState()
+    work_dir = checkpoint_dir(d.out_dir)
+    if state.is_main_process:
+        resumable_checkpoint(work_dir, critic_settings(cfg, examples, base_dir))
+    state.wait_for_everyone()
+    resume = last_complete_checkpoint(work_dir)
+    report_to = ["mlflow"] if active() else ["none"]
+    trainer = build_critic_trainer(cfg, examples, base_dir, work_dir, report_to)
+    if resume:
+        log.info("resuming distill from %s", resume)
+    started = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    seconds = time.perf_counter() - started
+    if state.is_main_process:
+        publish(trainer, trainer.processing_class, d.out_dir)
+        shutil.rmtree(work_dir, ignore_errors=True)
+    state.wait_for_everyone()
+    return {
         "steps": trainer.state.global_step,
-        "train_loss": float(result.training_loss),
+        "train_loss": None if math.isnan(result.training_loss) else result.training_loss,
         "examples": counts,
         "resumed_from": str(resume) if resume else None,
+        "train_seconds": seconds,
     }
-    (Path(d.out_dir) / "distill_summary.json").write_text(json.dumps(summary, indent=2))
-    return summary

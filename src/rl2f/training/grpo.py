@@ -5,16 +5,28 @@ project's own batched multi-turn loop (:func:`rl2f.rollout.run_episodes`) on the
 return the flat conversation: ``completion_ids`` hold every student turn with the teacher's
 feedback in between, and ``env_mask`` is 0 on the feedback so teacher tokens carry no loss. The
 conversation reward (gamma^(t-1) when solved at turn t) reaches GRPO through a reward function
-that reads it back from the rollout's extra fields.
+that reads it back from the rollout's extra fields, and TRL normalises it within each group.
+
+Two options beyond the paper, both off by default:
+
+- per-turn credit (``train.per_turn_credit``): each student turn's tokens get the
+  group-normalised return *from that turn* (gamma^(solved_at - t)) instead of the conversation
+  reward, so an early wrong turn that the student later fixed is not rewarded like the fix;
+- fading teacher (``train.fading_teacher``): the critique level goes diagnostic -> directional
+  -> binary over training, so the policy is weaned off detailed hints.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
+import shutil
 import statistics
-from dataclasses import dataclass
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +36,21 @@ from rl2f.config import Config, EngineConfig, TeacherConfig
 from rl2f.episodes import Episode
 from rl2f.errors import UserError
 from rl2f.tasks.schema import Task
-from rl2f.training.checkpoints import last_complete_checkpoint, replace_dir
+from rl2f.training.checkpoints import (
+    last_complete_checkpoint,
+    replace_dir,
+    resumable_checkpoint,
+)
 
 log = logging.getLogger(__name__)
 
 # Fading teacher: the share of training after which each level takes over.
 FADING_SCHEDULE = (("diagnostic", 0.0), ("directional", 1 / 3), ("binary", 2 / 3))
+# TRL's GRPO divides by (std + this); per-turn credit normalises the same way.
+ADVANTAGE_EPSILON = 1e-4
+# Room for the rendered feedback turn (end of turn, the critique, the assistant header), in
+# tokens, on top of each student reply: only dr_grpo's loss normaliser reads this length.
+FEEDBACK_TOKENS_PER_TURN = 64
 
 
 @dataclass(frozen=True)
@@ -43,6 +64,8 @@ class RunSpec:
 
 
 def run_specs(cfg: Config) -> dict[str, RunSpec]:
+    """The single-turn baseline samples G x T_max replies per task when
+    ``train.single_turn_match_budget`` is set: the generation budget of T_max turns x G."""
     t = cfg.train
     single_g = t.num_generations * t.max_turns if t.single_turn_match_budget else t.num_generations
     return {
@@ -57,33 +80,69 @@ def checkpoint_dir(out_dir: str) -> Path:
     return out.with_name(f"{out.name}.checkpoints")
 
 
-def load_student(cfg: Config):  # noqa: ANN201
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def world_size() -> int:
+    """Processes taking part in training (``accelerate launch`` sets WORLD_SIZE)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
 
+
+# ---------------------------------------------------------------- the policy
+def load_tokenizer_with_template(source: str):  # noqa: ANN201
+    """The student's tokenizer; multi-turn rollouts and chat SFT both need its chat template."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{source}: cannot load a tokenizer ({_first_line(exc)})") from None
+    if not getattr(tokenizer, "chat_template", None):
+        raise UserError(
+            f"{source}: the tokenizer has no chat template; the student must be a chat model "
+            "(set tokenizer.chat_template and save it, or pick a chat/instruct checkpoint)"
+        )
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_causal_lm(source: str, dtype: str):  # noqa: ANN201
+    from transformers import AutoModelForCausalLM
+
+    torch_dtype = None if dtype == "auto" else getattr(torch, dtype)
+    try:
+        return AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{source}: cannot load a causal LM ({_first_line(exc)})") from None
+
+
+def load_student(cfg: Config):  # noqa: ANN201
     source = cfg.model.base_path
     if cfg.model.student is None and not Path(source).exists():
         raise UserError(f"{source}: base model not found (run `rl2f bootstrap` first)")
-    tokenizer = AutoTokenizer.from_pretrained(source)
-    if not tokenizer.chat_template:
-        raise UserError(f"{source}: the tokenizer has no chat template; multi-turn RL needs one")
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    dtype = None if cfg.model.dtype == "auto" else getattr(torch, cfg.model.dtype)
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
-    if cfg.train.lora:
-        from peft import LoraConfig, get_peft_model
-
-        lora = LoraConfig(
-            r=cfg.train.lora_r,
-            lora_alpha=cfg.train.lora_alpha,
-            target_modules="all-linear",
-            task_type="CAUSAL_LM",
-        )
-        model = get_peft_model(model, lora)
-    return model, tokenizer
+    tokenizer = load_tokenizer_with_template(source)
+    return load_causal_lm(source, cfg.model.dtype), tokenizer
 
 
+def lora_config(cfg: Config):  # noqa: ANN201
+    """LoRA adapters on every linear layer (``train.lora``); TRL wraps the model with them."""
+    if not cfg.train.lora:
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=cfg.train.lora_r,
+        lora_alpha=cfg.train.lora_alpha,
+        target_modules="all-linear",
+        task_type="CAUSAL_LM",
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+# ---------------------------------------------------------------- rewards and credit
 def teacher_level(cfg: Config, progress: float) -> str:
+    """The critique level at ``progress`` (0..1) through training."""
     if not cfg.train.fading_teacher:
         return cfg.teacher.level
     level = FADING_SCHEDULE[0][0]
@@ -116,23 +175,83 @@ def token_turn_index(episode: Episode) -> list[int]:
     return [min(i, max(turn - 1, 0)) for i in index]
 
 
-class ConversationRollout:
-    """The ``rollout_func`` TRL calls each generation step."""
+def _normalised(values: Sequence[float]) -> list[float]:
+    """(x - group mean) / (group std + eps), with the sample std TRL's GRPO uses."""
+    if len(values) < 2:
+        return [0.0] * len(values)
+    mean, std = statistics.fmean(values), statistics.stdev(values)
+    return [(value - mean) / (std + ADVANTAGE_EPSILON) for value in values]
 
-    def __init__(self, cfg: Config, spec: RunSpec, tasks: list[Task], tokenizer: Any) -> None:
+
+def per_turn_advantages(
+    episodes: Sequence[Episode], gamma: float, num_generations: int, width: int
+) -> torch.Tensor:
+    """Token-level advantages of shape (episodes, width) for per-turn credit.
+
+    Within each group of ``num_generations`` consecutive episodes (TRL's layout), the returns of
+    turn t are normalised over the episodes that reached turn t, and every token of that student
+    turn gets its episode's value. Teacher tokens and padding get 0 (they carry no loss anyway).
+    """
+    if len(episodes) % num_generations:
+        raise ValueError(f"{len(episodes)} episodes do not split into groups of {num_generations}")
+    advantages = torch.zeros(len(episodes), width)
+    returns = [turn_returns(episode, gamma) for episode in episodes]
+    student_turn = [
+        torch.tensor(
+            [
+                turn if is_student else -1
+                for turn, is_student in zip(
+                    token_turn_index(episode), episode.completion_mask, strict=True
+                )
+            ],
+            dtype=torch.long,
+        )
+        for episode in episodes
+    ]
+    for start in range(0, len(episodes), num_generations):
+        group = range(start, start + num_generations)
+        for turn in range(max(len(returns[i]) for i in group)):
+            reached = [i for i in group if turn < len(returns[i])]
+            values = _normalised([returns[i][turn] for i in reached])
+            for i, value in zip(reached, values, strict=True):
+                columns = (student_turn[i] == turn).nonzero().flatten()
+                advantages[i, columns] = value
+    return advantages
+
+
+def conversation_reward(
+    completions: list, conversation_reward: list[float], **_: Any
+) -> list[float]:
+    """GRPO reward: the discounted conversation reward computed by the rollout."""
+    return [float(r) for r in conversation_reward]
+
+
+# ---------------------------------------------------------------- the rollout hook
+class ConversationRollout:
+    """The ``rollout_func`` TRL calls each generation step.
+
+    Keeps the last batch of episodes (per-turn credit reads them) and the time spent rolling out
+    (logged as ``rollout/seconds``, so generation and optimisation time can be told apart).
+    """
+
+    def __init__(self, cfg: Config, spec: RunSpec, tasks: Sequence[Task], tokenizer: Any) -> None:
         from rl2f.leakage import LeakGuard
 
         self.cfg, self.spec, self.tokenizer = cfg, spec, tokenizer
         self.by_prompt = {task.prompt: task for task in tasks}
         self.guard = LeakGuard()
         self.last_episodes: list[Episode] = []
+        self.seconds = 0.0
+        self.student_tokens = 0
         self._teachers: dict[str, Any] = {}
 
-    def _teacher(self, level: str):  # noqa: ANN202
+    def _teacher(self, level: str, student: Any):  # noqa: ANN202
         from rl2f.teachers import make_teacher
 
+        teacher_cfg: TeacherConfig = self.cfg.teacher.model_copy(update={"level": level})
+        if teacher_cfg.kind == "self":  # the live policy critiques itself: never cached
+            return make_teacher(teacher_cfg, engine=student)
         if level not in self._teachers:
-            teacher_cfg: TeacherConfig = self.cfg.teacher.model_copy(update={"level": level})
             self._teachers[level] = make_teacher(teacher_cfg)
         return self._teachers[level]
 
@@ -140,23 +259,28 @@ class ConversationRollout:
         from rl2f.engines import make_engine
         from rl2f.rollout import run_episodes
 
-        tasks = [self.by_prompt[_prompt_text(p)] for p in prompts]
+        started = time.perf_counter()
+        try:
+            tasks = [self.by_prompt[_prompt_text(p)] for p in prompts]
+        except KeyError as exc:
+            raise RuntimeError(f"rollout_func got a prompt of no training task: {exc}") from None
         model = trainer.accelerator.unwrap_model(trainer.model)
         engine_cfg = EngineConfig(
             kind="transformers", batch_size=self.cfg.rollout.engine.batch_size
         )
         student = make_engine(engine_cfg, model, self.tokenizer)
-        progress = trainer.state.global_step / max(trainer.state.max_steps or 1, 1)
-        level = teacher_level(self.cfg, progress)
-        sampling = self.cfg.rollout.sampling.model_copy(
-            update={"seed": self.cfg.train.seed * 100_003 + trainer.state.global_step}
-        )
+        step = trainer.state.global_step
+        level = teacher_level(self.cfg, step / max(trainer.state.max_steps or 1, 1))
+        # One seed per (run seed, step, process): a resumed run samples what the uninterrupted
+        # run would have, and data-parallel processes do not draw the same numbers.
+        seed = (self.cfg.train.seed * 100_003 + step) * 1_009 + trainer.accelerator.process_index
+        sampling = self.cfg.rollout.sampling.model_copy(update={"seed": seed})
         # The trainer already repeated each prompt G times: one episode per entry keeps TRL's
         # group layout (G consecutive completions per prompt).
         episodes = run_episodes(
             tasks,
             student,
-            self._teacher(level),
+            self._teacher(level, student),
             num_generations=1,
             max_turns=self.spec.max_turns,
             gamma=self.cfg.rollout.gamma,
@@ -168,7 +292,11 @@ class ConversationRollout:
             progress=False,
         )
         self.last_episodes = episodes
-        self._log(trainer, episodes, level)
+        elapsed = time.perf_counter() - started
+        tokens = sum(sum(e.completion_mask) for e in episodes)
+        self.seconds += elapsed
+        self.student_tokens += tokens
+        self._log(trainer, episodes, level, elapsed, tokens)
         return {
             "prompt_ids": [e.prompt_ids for e in episodes],
             "completion_ids": [e.completion_ids for e in episodes],
@@ -177,20 +305,32 @@ class ConversationRollout:
             "conversation_reward": [e.reward for e in episodes],
         }
 
-    def _log(self, trainer: Any, episodes: list[Episode], level: str) -> None:
+    def _log(
+        self, trainer: Any, episodes: list[Episode], level: str, seconds: float, tokens: int
+    ) -> None:
         metrics = trainer._metrics["train"]
         for turn in range(1, self.spec.max_turns + 1):
             solved = sum(e.solved_at is not None and e.solved_at <= turn for e in episodes)
             metrics[f"rollout/acc_turn_{turn}"].append(solved / len(episodes))
-        turns = [len(e.student_turns) for e in episodes]
-        metrics["rollout/student_turns"].append(statistics.fmean(turns))
+        metrics["rollout/student_turns"].append(
+            statistics.fmean(len(e.student_turns) for e in episodes)
+        )
         teacher_turns = [t for e in episodes for t in e.teacher_turns]
-        rejected = sum(t.leaked_attempts for t in teacher_turns)
-        metrics["rollout/leaks_rejected"].append(float(rejected))
+        metrics["rollout/leaks_rejected"].append(
+            float(sum(t.leaked_attempts for t in teacher_turns))
+        )
         metrics["rollout/fallbacks"].append(float(sum(t.fell_back for t in teacher_turns)))
         metrics["rollout/teacher_level"].append(
             float([name for name, _ in FADING_SCHEDULE].index(level))
         )
+        metrics["rollout/seconds"].append(seconds)
+        metrics["rollout/student_tokens"].append(float(tokens))
+
+    def close(self) -> None:
+        for teacher in self._teachers.values():
+            engine = getattr(teacher, "engine", None)
+            if engine is not None:
+                engine.close()
 
 
 def _prompt_text(prompt: Any) -> str:
@@ -199,45 +339,34 @@ def _prompt_text(prompt: Any) -> str:
     return prompt[-1]["content"]  # conversational datasets: the user message
 
 
-def conversation_reward(
-    completions: list, conversation_reward: list[float], **_: Any
-) -> list[float]:
-    """GRPO reward: the discounted conversation reward computed by the rollout."""
-    return [float(r) for r in conversation_reward]
-
-
+# ---------------------------------------------------------------- the trainer
 def make_trainer_class(per_turn_credit: bool):  # noqa: ANN201
+    """TRL's GRPOTrainer, or its per-turn credit variant (token-level advantages)."""
     from trl import GRPOTrainer
 
     if not per_turn_credit:
         return GRPOTrainer
 
     class PerTurnCreditGRPOTrainer(GRPOTrainer):
-        """Token-level advantages: each student turn's tokens get the group-normalised return of
-        that turn (TRL's loss accepts advantages of shape (B, T))."""
+        """Replaces TRL's sequence-level advantages with :func:`per_turn_advantages` (TRL's loss
+        accepts advantages of shape (B, T))."""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            if self.accelerator.num_processes > 1:
+                # Groups can straddle processes, and each process only sees its own episodes.
+                raise UserError("train.per_turn_credit: supported on a single process only")
 
         def _generate_and_score_completions(self, inputs):  # noqa: ANN001, ANN202
             output = super()._generate_and_score_completions(inputs)
-            episodes = self.rollout_func.last_episodes
-            gamma = self.rollout_func.cfg.rollout.gamma
-            g = self.num_generations
-            width = output["completion_ids"].shape[1]
-            advantages = torch.zeros(len(episodes), width, device=output["advantages"].device)
-            returns = [turn_returns(e, gamma) for e in episodes]
-            for start in range(0, len(episodes), g):
-                group = range(start, start + g)
-                depth = max(len(returns[i]) for i in group)
-                for turn in range(depth):
-                    values = [returns[i][turn] for i in group if turn < len(returns[i])]
-                    mean = statistics.fmean(values)
-                    std = statistics.pstdev(values) if len(values) > 1 else 0.0
-                    for i in group:
-                        if turn >= len(returns[i]):
-                            continue
-                        index = torch.tensor(token_turn_index(episodes[i]))
-                        columns = (index == turn).nonzero().flatten()
-                        advantages[i, columns] = (returns[i][turn] - mean) / (std + 1e-4)
-            output["advantages"] = advantages
+            rollout: ConversationRollout = self.rollout_func
+            advantages = per_turn_advantages(
+                rollout.last_episodes,
+                rollout.cfg.rollout.gamma,
+                self.num_generations,
+                output["completion_ids"].shape[1],
+            )
+            output["advantages"] = advantages.to(output["advantages"].device)
             return output
 
     return PerTurnCreditGRPOTrainer
@@ -247,18 +376,29 @@ def grpo_config(cfg: Config, spec: RunSpec, report_to: list[str]):  # noqa: ANN2
     from trl import GRPOConfig
 
     t, sampling = cfg.train, cfg.rollout.sampling
-    max_turn_tokens = sampling.max_new_tokens + 64  # student reply + rendered feedback turn
+    samples_per_step = t.tasks_per_step * spec.num_generations
+    if samples_per_step % world_size():
+        raise UserError(
+            f"train.tasks_per_step x num_generations = {samples_per_step} conversations per step "
+            f"do not split over {world_size()} processes"
+        )
+    warmup_steps = math.ceil(t.steps * t.warmup_ratio)
+    scheduler = t.lr_scheduler
+    if scheduler == "constant" and warmup_steps:
+        scheduler = "constant_with_warmup"  # plain "constant" ignores warmup
+    cuda = torch.cuda.is_available()
     return GRPOConfig(
         output_dir=str(checkpoint_dir(spec.out_dir)),
         max_steps=t.steps,
         learning_rate=t.learning_rate,
-        lr_scheduler_type=t.lr_scheduler,
-        warmup_steps=t.warmup_ratio,  # a float below 1 is a fraction of max_steps
+        lr_scheduler_type=scheduler,
+        warmup_steps=warmup_steps,
         max_grad_norm=t.max_grad_norm,
-        per_device_train_batch_size=t.tasks_per_step * spec.num_generations,
+        per_device_train_batch_size=samples_per_step // world_size(),
         gradient_accumulation_steps=1,
         num_generations=spec.num_generations,
-        max_completion_length=spec.max_turns * max_turn_tokens,
+        max_completion_length=spec.max_turns * (sampling.max_new_tokens + FEEDBACK_TOKENS_PER_TURN),
+        # The loss recomputes log-probs at this temperature: it must be the sampling one.
         temperature=max(sampling.temperature, 1e-5),
         top_p=sampling.top_p,
         beta=t.kl_beta,
@@ -272,48 +412,113 @@ def grpo_config(cfg: Config, spec: RunSpec, report_to: list[str]):  # noqa: ANN2
         report_to=report_to,
         seed=t.seed,
         data_seed=t.seed,
-        use_cpu=not torch.cuda.is_available(),
-        bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
+        use_cpu=not cuda,
+        bf16=cuda and torch.cuda.is_bf16_supported(),
         remove_unused_columns=False,
         shuffle_dataset=True,
         disable_tqdm=False,
     )
 
 
-def train(cfg: Config, spec: RunSpec, tasks: list[Task], report_to: list[str]) -> dict[str, Any]:
+def model_identity(source: str) -> dict[str, Any]:
+    """Enough to tell one base model from another without hashing gigabytes: a local folder's
+    file names and sizes plus its config, or the hub id."""
+    path = Path(source)
+    if not path.is_dir():
+        return {"hub_id": source}
+    files = {p.name: p.stat().st_size for p in sorted(path.iterdir()) if p.is_file()}
+    config = path / "config.json"
+    digest = hashlib.sha256(config.read_bytes()).hexdigest() if config.is_file() else None
+    return {"files": files, "config_sha256": digest}
+
+
+def run_settings(cfg: Config, spec: RunSpec, tasks: Sequence[Task]) -> dict[str, Any]:
+    """What decides a run's result: a checkpoint is resumed only under the same settings."""
+    return {
+        "spec": asdict(spec),
+        "train": cfg.train.model_dump(mode="json", exclude={"save_steps"}),
+        "rollout": cfg.rollout.model_dump(mode="json", include={"gamma", "sampling"}),
+        "teacher": cfg.teacher.model_dump(mode="json"),
+        "model": model_identity(cfg.model.base_path) | {"dtype": cfg.model.dtype},
+        "tasks": hashlib.sha256("\n".join(t.id for t in tasks).encode()).hexdigest(),
+    }
+
+
+def build_trainer(
+    cfg: Config, spec: RunSpec, tasks: Sequence[Task], report_to: list[str]
+) -> tuple[Any, ConversationRollout]:
+    """The GRPO trainer of ``spec`` over ``tasks`` and its rollout hook, ready to train."""
     from datasets import Dataset
 
-    if not tasks:
-        raise UserError("train: no training tasks (data/tasks/train.parquet is empty)")
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     model, tokenizer = load_student(cfg)
     prompts = list(dict.fromkeys(task.prompt for task in tasks))
-    dataset = Dataset.from_dict({"prompt": prompts})
     rollout = ConversationRollout(cfg, spec, tasks, tokenizer)
     trainer_class = make_trainer_class(cfg.train.per_turn_credit and spec.max_turns > 1)
     trainer = trainer_class(
         model=model,
         reward_funcs=[conversation_reward],
         args=grpo_config(cfg, spec, report_to),
-        train_dataset=dataset,
+        train_dataset=Dataset.from_dict({"prompt": prompts}),
         processing_class=tokenizer,
+        peft_config=lora_config(cfg),
         rollout_func=rollout,
     )
-    resume = last_complete_checkpoint(trainer.args.output_dir)
+    return trainer, rollout
+
+
+def train(
+    cfg: Config, spec: RunSpec, tasks: Sequence[Task], report_to: list[str]
+) -> dict[str, Any]:
+    """Train ``spec`` with GRPO and publish the model to ``spec.out_dir``.
+
+    Checkpoints every ``train.save_steps`` steps into ``<out_dir>.checkpoints``; a rerun after an
+    interruption resumes from the last complete one (when the settings are unchanged), and the
+    checkpoints are deleted once the model is published.
+    """
+    from accelerate import PartialState
+
+    if not tasks:
+        raise UserError("train: no training tasks (data/tasks/train.parquet is empty)")
+    state = PartialState()
+    work_dir = checkpoint_dir(spec.out_dir)
+    if state.is_main_process:
+        resumable_checkpoint(work_dir, run_settings(cfg, spec, tasks))
+    state.wait_for_everyone()
+    resume = last_complete_checkpoint(work_dir)
+    trainer, rollout = build_trainer(cfg, spec, tasks, report_to)
     if resume:
         log.info("resuming %s from %s", spec.name, resume)
-    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    staging = Path(spec.out_dir).with_name(f".{Path(spec.out_dir).name}.staging")
-    final = trainer.accelerator.unwrap_model(trainer.model)
-    if cfg.train.lora:
-        final = final.merge_and_unload()
-    final.save_pretrained(staging)
-    tokenizer.save_pretrained(staging)
-    replace_dir(staging, spec.out_dir)
+    started = time.perf_counter()
+    try:
+        result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    finally:
+        rollout.close()
+    seconds = time.perf_counter() - started
+    if state.is_main_process:
+        publish(trainer, rollout.tokenizer, spec.out_dir, merge_lora=cfg.train.lora)
+        shutil.rmtree(work_dir, ignore_errors=True)
+    state.wait_for_everyone()
     history = [row for row in trainer.state.log_history if "loss" in row]
     return {
         "steps": trainer.state.global_step,
-        "train_loss": result.training_loss if not math.isnan(result.training_loss) else None,
+        "train_loss": None if math.isnan(result.training_loss) else result.training_loss,
         "final_reward": history[-1].get("reward") if history else None,
         "resumed_from": str(resume) if resume else None,
+        "train_seconds": seconds,
+        "rollout_seconds": rollout.seconds,
+        "student_tokens": rollout.student_tokens,
     }
+
+
+def publish(trainer: Any, tokenizer: Any, out_dir: str, merge_lora: bool = False) -> None:
+    """Save the trained model and tokenizer to ``out_dir`` atomically (a LoRA adapter is merged
+    first, so every published model loads with plain ``from_pretrained``)."""
+    staging = Path(out_dir).with_name(f".{Path(out_dir).name}.staging")
+    shutil.rmtree(staging, ignore_errors=True)  # left over by a run killed while publishing
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    if merge_lora:
+        model = model.merge_and_unload()
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    replace_dir(staging, out_dir)

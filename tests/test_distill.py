@@ -1,0 +1,276 @@
+"""Critique distillation on real episodes: the rollout stage (rl2f.rollout.run_episodes with the
+oracle teacher) rolls out the coin policy of training_helpers on real math tasks, and the
+distill stage trains on them."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+from training_helpers import (
+    ANSWER,
+    cli_command,
+    kill_after_first_checkpoint,
+    make_workspace,
+    shared_coin_policy,
+    subprocess_env,
+    sum_tasks,
+    workspace_overrides,
+)
+
+from rl2f.config import Config
+from rl2f.episodes import Episode, read_episodes
+from rl2f.errors import DataError
+from rl2f.tasks.schema import Task
+from rl2f.training.distill import (
+    Example,
+    build_critic_trainer,
+    build_examples,
+    self_critique_messages,
+)
+from rl2f.training.grpo import checkpoint_dir
+
+torch.set_num_threads(1)
+
+ROLLOUT = ["rollout.num_generations=4", "rollout.max_turns=3", "rollout.max_tasks=8"]
+ANSWER_TOKEN = re.compile(rf"(?<![\d.]){ANSWER}(?![\d.])")
+
+
+@pytest.fixture(scope="session")
+def coin_model_dir(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
+    return shared_coin_policy(tmp_path_factory.getbasetemp(), tiny_model_dir)
+
+
+def rolled_out_workspace(root: Path, coin_model_dir: Path, *overrides: str) -> Config:
+    """A workspace with the coin policy as the RL2F policy and its episodes from the real
+    rollout stage (oracle teacher)."""
+    from rl2f.stages import rollout
+
+    cfg = make_workspace(root, coin_model_dir, sum_tasks(), [*ROLLOUT, *overrides])
+    shutil.copytree(coin_model_dir, cfg.train.rl2f_dir)
+    rollout.write_outputs(cfg.rollout.out_dir, *rollout.roll_out(cfg, progress=False))
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def rolled_out(tmp_path_factory: pytest.TempPathFactory, coin_model_dir: Path):
+    root = tmp_path_factory.mktemp("distill")
+    cfg = rolled_out_workspace(root, coin_model_dir)
+    episodes = read_episodes(Path(cfg.rollout.out_dir) / "episodes.parquet")
+    return root, cfg, episodes, {task.id: task for task in sum_tasks()}
+
+
+def with_fix_filter(cfg: Config, only_followed_by_fix: bool) -> Config:
+    return cfg.model_copy(
+        update={
+            "distill": cfg.distill.model_copy(update={"only_followed_by_fix": only_followed_by_fix})
+        }
+    )
+
+
+def assert_example_is_public(example: Example, task: Task, episodes: list[Episode]) -> None:
+    """Checked from the episodes, not with the code under test: the problem statement, then
+    only text the student wrote or the teacher said in this task's episodes, then the request;
+    no text the student did not write names the answer."""
+    own = {t.text for e in episodes if e.task_id == task.id for t in e.student_turns}
+    said = {t.text for e in episodes if e.task_id == task.id for t in e.teacher_turns}
+    assert example.prompt[0] == {"role": "user", "content": task.prompt}
+    conversation = example.prompt[:-1] if example.kind == "critique" else example.prompt
+    for message in conversation[1:]:
+        if message["role"] == "assistant":
+            assert message["content"] in own
+        else:
+            assert message["role"] == "user" and message["content"] in said
+            assert not ANSWER_TOKEN.search(message["content"]), message
+    assert not ANSWER_TOKEN.search(task.prompt)
+    if example.kind == "critique":
+        request = example.prompt[-1]
+        assert request["role"] == "user" and request["content"] not in said
+        assert not ANSWER_TOKEN.search(request["content"])
+        (target,) = example.completion
+        assert target["content"] in said and not ANSWER_TOKEN.search(target["content"])
+    else:
+        (target,) = example.completion
+        assert target["content"] in own
+
+
+@pytest.mark.parametrize("only_followed_by_fix", [True, False])
+def test_no_example_holds_privileged_data(rolled_out, only_followed_by_fix: bool) -> None:
+    _, cfg, episodes, tasks = rolled_out
+    examples = build_examples(with_fix_filter(cfg, only_followed_by_fix), episodes, tasks)
+    kinds = {example.kind for example in examples}
+    assert kinds == {"critique", "student"}
+    for example in examples:
+        assert_example_is_public(example, tasks[example.task_id], episodes)
+    critiques = sum(e.kind == "critique" for e in examples)
+    teacher_turns = sum(len(e.teacher_turns) for e in episodes)
+    fixed = sum(
+        1
+        for e in episodes
+        for turn, after in zip(e.turns, e.turns[1:], strict=False)
+        if turn.role == "teacher" and after.correct and not turn.fell_back
+    )
+    assert critiques == (fixed if only_followed_by_fix else teacher_turns)
+    assert sum(e.kind == "student" for e in examples) == sum(
+        e.solved_at is not None for e in episodes
+    )
+
+
+def test_a_critique_that_reveals_the_answer_is_refused(rolled_out) -> None:
+    _, cfg, episodes, tasks = rolled_out
+    episode = next(e for e in episodes if e.teacher_turns)
+    turns = [
+        dataclasses.replace(t, text=f"Close. The answer is {ANSWER}.") if t.role == "teacher" else t
+        for t in episode.turns
+    ]
+    leaking = dataclasses.replace(episode, turns=turns)
+    with pytest.raises(DataError, match="reveals the privileged answer"):
+        build_examples(with_fix_filter(cfg, False), [leaking], tasks)
+
+
+def test_episodes_of_unknown_tasks_or_without_critiques_are_data_errors(rolled_out) -> None:
+    from rl2f.training.distill import train_critic
+
+    _, cfg, episodes, tasks = rolled_out
+    with pytest.raises(DataError, match="is not in"):
+        build_examples(cfg, episodes, {})
+    solved_at_once = [e for e in episodes if e.solved_at == 1]
+    examples = build_examples(cfg, solved_at_once, tasks)
+    assert examples and all(e.kind == "student" for e in examples)
+    with pytest.raises(DataError, match="no critique examples"):
+        train_critic(cfg, examples, cfg.train.rl2f_dir)
+
+
+class RecordingEngine:
+    """The real transformers engine, keeping the conversations it is asked to answer."""
+
+    def __init__(self, engine) -> None:  # noqa: ANN001
+        self.engine, self.tokenizer, self.conversations = engine, engine.tokenizer, []
+
+    def chat(self, conversations, sampling):  # noqa: ANN001, ANN201
+        self.conversations += conversations
+        return self.engine.chat(conversations, sampling)
+
+    def generate(self, prompts, sampling, return_logprobs=False):  # noqa: ANN001, ANN201
+        return self.engine.generate(prompts, sampling, return_logprobs)
+
+    def close(self) -> None:
+        self.engine.close()
+
+
+def test_critique_inputs_are_what_the_self_teacher_sends(rolled_out) -> None:
+    from rl2f.engines import make_engine
+    from rl2f.tasks.verifiers import verify
+    from rl2f.teachers import CritiqueRequest, make_teacher
+
+    _, cfg, episodes, tasks = rolled_out
+    examples = [e for e in build_examples(cfg, episodes, tasks) if e.kind == "critique"]
+    engine = RecordingEngine(make_engine(cfg.rollout.engine, cfg.train.rl2f_dir))
+    teacher = make_teacher(cfg.teacher.model_copy(update={"kind": "self"}), engine=engine)
+    try:
+        for example in examples:
+            task, conversation = tasks[example.task_id], example.prompt[:-1]
+            attempt = conversation[-1]["content"]
+            turn = sum(m["role"] == "assistant" for m in conversation)
+            teacher.critique(
+                [CritiqueRequest(task, conversation, attempt, verify(task, attempt), turn)]
+            )
+    finally:
+        engine.close()
+    assert engine.conversations == [example.prompt for example in examples]
+
+
+def test_self_critique_messages_append_the_filled_in_request() -> None:
+    conversation = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Calculate 4 + 5."},
+        {"role": "assistant", "content": "Answer: 8"},
+    ]
+    template = "Problem: {prompt} Attempt: {attempt}. What is wrong?"
+    assert self_critique_messages(conversation, template) == [
+        *conversation,
+        {"role": "user", "content": "Problem: Calculate 4 + 5. Attempt: Answer: 8. What is wrong?"},
+    ]
+    with pytest.raises(ValueError, match="ends with an attempt"):
+        self_critique_messages(conversation[:2], template)
+
+
+def test_loss_falls_on_the_targets_only(rolled_out, tmp_path: Path) -> None:
+    _, cfg, episodes, tasks = rolled_out
+    examples = build_examples(cfg, episodes, tasks)
+    trainer = build_critic_trainer(cfg, examples, cfg.train.rl2f_dir, tmp_path, ["none"])
+    tokenizer = trainer.processing_class
+    for example, row in zip(examples, trainer.train_dataset, strict=True):
+        trained = [
+            t for t, label in zip(row["input_ids"], row["labels"], strict=True) if label != -100
+        ]
+        assert tokenizer.decode(trained, skip_special_tokens=True).strip() == (
+            example.completion[0]["content"].strip()
+        )
+        assert tokenizer.eos_token_id in trained  # it learns to stop
+
+
+def test_distill_stage_publishes_a_model_that_loads_and_generates(
+    tmp_path: Path, coin_model_dir: Path
+) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rl2f.stages import distill
+
+    cfg = rolled_out_workspace(tmp_path, coin_model_dir, "distill.steps=2")
+    summary = distill.run(cfg)
+    out = Path(cfg.distill.out_dir)
+    assert summary["steps"] == 2 and summary["resumed_from"] is None
+    assert summary["examples"]["critique"] > 0
+    assert json.loads((out / "distill_summary.json").read_text())["steps"] == 2
+    assert not checkpoint_dir(str(out)).exists()
+
+    model = AutoModelForCausalLM.from_pretrained(out)
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    before = AutoModelForCausalLM.from_pretrained(cfg.train.rl2f_dir).state_dict()
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+    request = self_critique_messages(
+        [
+            {"role": "user", "content": sum_tasks()[0].prompt},
+            {"role": "assistant", "content": "Answer: 8"},
+        ],
+        cfg.teacher.self_prompt_template,
+    )
+    inputs = tokenizer.apply_chat_template(
+        request, add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
+    generated = model.generate(**inputs, max_new_tokens=8, do_sample=False)
+    assert generated.shape[1] > inputs["input_ids"].shape[1]
+
+
+@pytest.mark.slow
+def test_distill_resumes_after_kill_9(tmp_path: Path, coin_model_dir: Path) -> None:
+    steps = 40
+    overrides = [*workspace_overrides(tmp_path, coin_model_dir), *ROLLOUT]
+    overrides += [f"distill.steps={steps}", "distill.save_steps=1", "distill.batch_size=2"]
+    cfg = rolled_out_workspace(tmp_path, coin_model_dir, *overrides)
+    out = Path(cfg.distill.out_dir)
+    work = checkpoint_dir(str(out))
+    kill_after_first_checkpoint(cli_command("distill", overrides), tmp_path, work)
+    assert not out.exists(), "the run finished before it could be interrupted"
+    left = {path.name for path in work.glob("checkpoint-*")}
+
+    rerun = subprocess.run(
+        cli_command("distill", overrides),
+        cwd=tmp_path,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    summary = json.loads((out / "distill_summary.json").read_text())
+    assert summary["resumed_from"] is not None and Path(summary["resumed_from"]).name in left
+    assert summary["steps"] == steps
+    assert not work.exists()
