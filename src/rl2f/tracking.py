@@ -67,6 +67,9 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def _mlflow(cfg: TrackingConfig):  # noqa: ANN202  (the module)
+    # Traces are exported synchronously: stages attach the reward to each trace right after
+    # writing it, which fails while the trace still sits in the async export queue.
+    os.environ.setdefault("MLFLOW_ENABLE_ASYNC_TRACE_LOGGING", "false")
     import mlflow
 
     uri = tracking_uri(cfg)

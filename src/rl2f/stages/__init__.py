@@ -49,6 +49,7 @@ STAGES: dict[str, Stage] = {
             "check the task files with Great Expectations",
             ("data",),
         ),
+        Stage("bootstrap", "rl2f.stages.bootstrap", "make the tiny default student", ("model",)),
         Stage(
             "train_rl2f",
             "rl2f.stages.train_rl2f",
@@ -73,5 +74,13 @@ STAGES: dict[str, Stage] = {
             "train the policy to predict teacher critiques",
             ("distill",),
         ),
+        Stage(
+            "evaluate",
+            "rl2f.stages.evaluate",
+            "accuracy by turn of every model, split and feedback mode",
+            ("eval", "teacher", "rollout"),
+            tracked=False,  # one MLflow child run per model, opened by the stage
+        ),
+        Stage("report", "rl2f.stages.report", "the HTML and Markdown report", ("eval",)),
     ]
 }

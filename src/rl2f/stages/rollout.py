@@ -93,9 +93,45 @@ def write_outputs(out_dir: str | Path, episodes: list[Episode], summary: dict[st
     atomic_write_text(out_dir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
 
 
+def log_to_mlflow(cfg: Config, episodes: list[Episode], summary: dict[str, Any]) -> None:
+    """Per-turn accuracy and leak curves (step = turn), the episodes as a table, and one trace
+    per episode (a span per turn, the reward as feedback) on the active stage run."""
+    from rl2f.evaluation.mlflow_log import log_episode_table, log_traces
+    from rl2f.evaluation.runner import Cell
+    from rl2f.tracking import active, log_metrics_by_turn
+
+    run = active()
+    if run is None:
+        return
+    log_metrics_by_turn(run, "rollout/acc", summary["acc_by_turn"])
+    critiques = summary["critiques_by_turn"]
+    leak_rate = [
+        leaked / count if count else 0.0
+        for leaked, count in zip(summary["leaked_critiques_by_turn"], critiques, strict=True)
+    ]
+    log_metrics_by_turn(run, "rollout/leak_rate", leak_rate)
+    total = sum(critiques)
+    run.log_metric(
+        "rollout/leak_rate_overall",
+        sum(summary["leaked_critiques_by_turn"]) / total if total else 0.0,
+    )
+    cell = Cell(
+        model=summary["policy"],
+        split=cfg.rollout.split,
+        mode=cfg.teacher.kind,
+        max_turns=cfg.rollout.max_turns,
+        leak_checked=cfg.teacher.kind in ("oracle", "llm"),
+        episodes=episodes,
+    )
+    log_episode_table(run, [cell])
+    if cfg.tracking.traces:
+        log_traces(run, [cell], cfg.tracking.max_traces)
+
+
 def run(cfg: Config) -> dict[str, Any]:
     episodes, summary = roll_out(cfg)
     write_outputs(cfg.rollout.out_dir, episodes, summary)
+    log_to_mlflow(cfg, episodes, summary)
     print(format_summary(summary))
     log.info("rollout: %d episodes written to %s", len(episodes), cfg.rollout.out_dir)
     return {"stage": "rollout", "out_dir": cfg.rollout.out_dir, **summary}

@@ -51,7 +51,11 @@ def read_entry(task: Task) -> tuple[str, dict[str, Any]]:
     where = f"task {task.id}: verifier_config"
     if not isinstance(name, str) or not name:
         raise DataError(f"{where}.dataset must name a reasoning-gym generator, got {name!r}")
-    from reasoning_gym.factory import DATASETS  # seconds to import: only when verifying
+    # Seconds to import: only when verifying. The package import comes first: it waits while
+    # another verify thread is still initialising reasoning_gym, whereas importing only the
+    # (already loaded) factory module would read its registry half filled.
+    import reasoning_gym  # noqa: F401
+    from reasoning_gym.factory import DATASETS
 
     if name not in DATASETS:
         raise DataError(f"{where}.dataset {name!r} is not a reasoning-gym generator")

@@ -1,0 +1,202 @@
+"""Metrics of one evaluation cell (a model on a split under a feedback mode), from its episodes.
+
+Everything here is a pure function of episodes, so it is tested on hand-made ones.
+
+- Cumulative accuracy at turn t: share of problems solved at or before turn t (the paper's
+  metric). With G episodes per task a task counts as its mean over the G, so every task weighs
+  the same however many episodes it has.
+- 95% confidence intervals: percentile bootstrap over tasks (the unit that was sampled), seeded.
+- Plasticity, from consecutive student turns with feedback in between: wrong->right flips (the
+  feedback was used), the repeat rate (the same wrong answer again: the paper's low-plasticity
+  failure) and, stricter, verbatim repeats of the whole reply.
+- An episode that outgrows the model's context ends early and counts as not solved;
+  ``context_exhausted`` counts them.
+- Right->wrong flips and the sycophancy probe: under the didactic protocol an episode stops at
+  its first correct answer, so the only right->wrong transitions are those of the probe, which
+  continues correct turn-1 answers with a deliberately wrong critique
+  (:mod:`rl2f.evaluation.probe`). ``flip_right_to_wrong`` counts them over all transitions; the
+  ``sycophancy_abandon_rate`` counts probes, and the two agree whenever the probe ran.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from rl2f.episodes import Episode, Turn
+
+CI_LEVEL = 0.95
+CONTEXT_LIMIT = "context_limit"  # Episode.end_reason of an episode that outgrew the context
+
+
+# ---------------------------------------------------------------- accuracy
+def solved_matrix(episodes: Sequence[Episode], max_turns: int) -> np.ndarray:
+    """tasks x turns: entry (i, t) is the share of task i's episodes solved at or before t+1.
+    Rows follow the first appearance of each task id."""
+    by_task: dict[str, list[Episode]] = defaultdict(list)
+    for episode in episodes:
+        by_task[episode.task_id].append(episode)
+    turns = np.arange(1, max_turns + 1)
+    rows = []
+    for group in by_task.values():
+        solved_at = np.array([e.solved_at or np.inf for e in group], dtype=float)
+        rows.append((solved_at[:, None] <= turns[None, :]).mean(axis=0))
+    return np.array(rows, dtype=float).reshape(len(rows), max_turns)
+
+
+def bootstrap_means(solved: np.ndarray, samples: int, seed: int) -> np.ndarray:
+    """``samples`` x turns: the per-turn accuracy of resampled task sets.
+
+    A bootstrap replicate draws n tasks with replacement; drawing the per-task counts from a
+    multinomial is the same distribution as drawing indices, with memory samples x n instead of
+    samples x n x turns."""
+    n = solved.shape[0]
+    rng = np.random.default_rng(seed)
+    counts = rng.multinomial(n, np.full(n, 1.0 / n), size=samples)
+    return counts @ solved / n
+
+
+def percentile_interval(values: np.ndarray, level: float = CI_LEVEL) -> np.ndarray:
+    """Lower and upper percentile bounds along axis 0 (shape 2 x ...)."""
+    tail = (1.0 - level) / 2.0 * 100.0
+    return np.percentile(values, [tail, 100.0 - tail], axis=0)
+
+
+@dataclass(frozen=True)
+class Accuracy:
+    by_turn: list[float]
+    ci95_by_turn: list[list[float]]
+    gain_ci95: list[float]
+
+
+def accuracy_with_ci(
+    episodes: Sequence[Episode], max_turns: int, samples: int, seed: int
+) -> Accuracy:
+    solved = solved_matrix(episodes, max_turns)
+    if solved.shape[0] == 0:
+        raise ValueError("accuracy needs at least one episode")
+    means = bootstrap_means(solved, samples, seed)
+    bounds = percentile_interval(means)
+    gain_bounds = percentile_interval(means[:, -1] - means[:, 0])
+    return Accuracy(
+        by_turn=[float(v) for v in solved.mean(axis=0)],
+        ci95_by_turn=[[float(lo), float(hi)] for lo, hi in zip(*bounds, strict=True)],
+        gain_ci95=[float(gain_bounds[0]), float(gain_bounds[1])],
+    )
+
+
+# ---------------------------------------------------------------- plasticity
+_WHITESPACE = re.compile(r"\s+")
+
+
+def _normalized(text: str) -> str:
+    return _WHITESPACE.sub(" ", text).strip()
+
+
+def final_answer(turn: Turn) -> str:
+    """What the verifier read as the answer; the whole reply when it could read none."""
+    return _normalized(turn.extracted if turn.extracted is not None else turn.text)
+
+
+def transitions(episode: Episode) -> list[tuple[Turn, Turn]]:
+    """Consecutive student attempts with feedback between them (the rollout only adds a student
+    turn after a teacher turn)."""
+    students = episode.student_turns
+    return list(zip(students, students[1:], strict=False))
+
+
+@dataclass(frozen=True)
+class Plasticity:
+    from_wrong: int
+    wrong_to_right: int
+    repeats: int
+    verbatim_repeats: int
+    from_right: int
+    right_to_wrong: int
+
+
+def plasticity(episodes: Sequence[Episode]) -> Plasticity:
+    counts = defaultdict(int)
+    for episode in episodes:
+        for before, after in transitions(episode):
+            if before.correct:
+                counts["from_right"] += 1
+                counts["right_to_wrong"] += not after.correct
+                continue
+            counts["from_wrong"] += 1
+            counts["wrong_to_right"] += bool(after.correct)
+            counts["repeats"] += final_answer(before) == final_answer(after)
+            counts["verbatim_repeats"] += _normalized(before.text) == _normalized(after.text)
+    return Plasticity(**{name: counts[name] for name in Plasticity.__dataclass_fields__})
+
+
+def is_repeat(before: Turn, after: Turn) -> bool:
+    """``after`` gives the same answer as the wrong attempt ``before``."""
+    return not before.correct and final_answer(before) == final_answer(after)
+
+
+def abandoned(probe: Episode) -> bool:
+    """A probe episode ends with the answer given after the wrong critique."""
+    return not probe.student_turns[-1].correct
+
+
+def rate(numerator: int, denominator: int) -> float | None:
+    """None when nothing could be counted: "no data" must not read as 0%."""
+    return numerator / denominator if denominator else None
+
+
+# ---------------------------------------------------------------- one cell
+def cell_metrics(
+    episodes: Sequence[Episode],
+    *,
+    max_turns: int,
+    bootstrap_samples: int,
+    seed: int,
+    probes: Sequence[Episode] = (),
+    leak_checked: bool = True,
+    skipped_tasks: int = 0,
+) -> dict[str, Any]:
+    """The metrics.json entry of one (model, split, feedback mode).
+
+    ``probes``: the sycophancy-probe episodes of the same cell. ``leak_checked``: whether the
+    leak guard checked this mode's critiques (only privileged teachers' are); when not, the
+    leak rate is None rather than a misleading 0. ``skipped_tasks``: tasks left out because
+    their prompt alone fills the model's context (counted by the caller).
+    """
+    accuracy = accuracy_with_ci(episodes, max_turns, bootstrap_samples, seed)
+    flips = plasticity([*episodes, *probes])
+    critiques = [turn for episode in episodes for turn in episode.teacher_turns]
+    student_tokens = [len(t.token_ids) for e in episodes for t in e.student_turns]
+    return {
+        "n": len({e.task_id for e in episodes}),
+        "episodes": len(episodes),
+        "max_turns": max_turns,
+        "acc_by_turn": accuracy.by_turn,
+        "ci95_by_turn": accuracy.ci95_by_turn,
+        "turn1_acc": accuracy.by_turn[0],
+        "final_acc": accuracy.by_turn[-1],
+        "gain": accuracy.by_turn[-1] - accuracy.by_turn[0],
+        "gain_ci95": accuracy.gain_ci95,
+        "flip_wrong_to_right": rate(flips.wrong_to_right, flips.from_wrong),
+        "flip_right_to_wrong": rate(flips.right_to_wrong, flips.from_right),
+        "repeat_rate": rate(flips.repeats, flips.from_wrong),
+        "verbatim_repeat_rate": rate(flips.verbatim_repeats, flips.from_wrong),
+        "transitions_from_wrong": flips.from_wrong,
+        "sycophancy_probes": len(probes),
+        "sycophancy_abandon_rate": rate(sum(abandoned(p) for p in probes), len(probes)),
+        "critiques": len(critiques),
+        "leak_rate": rate(sum(t.leaked_attempts > 0 for t in critiques), len(critiques))
+        if leak_checked
+        else None,
+        "fallback_rate": rate(sum(t.fell_back for t in critiques), len(critiques))
+        if leak_checked
+        else None,
+        "mean_student_tokens": float(np.mean(student_tokens)) if student_tokens else 0.0,
+        "context_exhausted": sum(e.end_reason == CONTEXT_LIMIT for e in episodes),
+        "skipped_tasks": skipped_tasks,
+    }

@@ -1,0 +1,264 @@
+"""The report stage on hand-made evaluation outputs, checked as text and as a page rendered by a
+real headless Chromium."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_metrics import episode, feedback, probe_of, student
+
+from rl2f.config import load_config
+from rl2f.episodes import Episode
+from rl2f.evaluation.episode_files import read_model_cells, write_cell
+from rl2f.evaluation.examples import Example, choose_examples
+from rl2f.evaluation.metrics import cell_metrics
+from rl2f.evaluation.schema import validate_metrics
+from rl2f.report import build_report, html_episode, md_episode
+from rl2f.stages import report as report_stage
+
+REPO = Path(__file__).resolve().parents[1]
+MODELS = {"base": 0.25, "single_turn": 0.35, "rl2f": 0.5, "rl2f_critic": 0.55}
+SPLITS = {"eval_id": 3, "ood_maze": 2}
+MODES = ("teacher", "self", "retry")
+FIX_TASK = "task-fix"
+
+
+def _episodes(model: str, split: str, mode: str, turns: int) -> list[Episode]:
+    """Eight tasks whose outcomes depend on the model's skill; plus the headline pair (base
+    repeats 5 on FIX_TASK, rl2f answers 7 after the critique) and a critique the leak guard
+    rejected."""
+    rng = random.Random(f"{model}/{split}/{mode}")
+    skill = MODELS[model] + (0.1 if mode == "teacher" else 0.0)
+    episodes = []
+    for index in range(8):
+        attempts = []
+        for turn in range(turns):
+            correct = rng.random() < skill * (1 + turn * 0.4)
+            attempts.append(student(str(10 + index + (0 if correct else turn + 1)), correct))
+            if correct:
+                break
+        critiques = [feedback() for _ in attempts[1:]]
+        episodes.append(
+            episode(
+                f"{split}-{index}",
+                attempts,
+                policy=model,
+                critiques=critiques,
+                teacher={"teacher": "oracle"}.get(mode, mode),
+            )
+        )
+    if split == "eval_id" and mode == "teacher" and model == "rl2f":
+        leaked = feedback("Your answer is incorrect. It is off by less than ten.", leaked=1)
+        attempts = [student("12", False), student("13", True)]
+        episodes.append(episode("task-leak", attempts, policy=model, critiques=[leaked]))
+    if split == "eval_id" and mode == "teacher" and model in ("base", "rl2f"):
+        if model == "base":
+            attempts = [student("5", False) for _ in range(turns)]
+        else:
+            attempts = [student("5", False), student("7", True)]
+        episodes.append(
+            episode(
+                FIX_TASK,
+                attempts,
+                policy=model,
+                prompt="Calculate 3 + 4.\nGive your final answer after 'Answer:'.",
+            )
+        )
+    return episodes
+
+
+def write_evaluation(root: Path, models: dict[str, float] = MODELS) -> dict:
+    """Episodes and metrics.json as `rl2f evaluate` lays them out, from hand-made episodes."""
+    metrics: dict = {}
+    for model in models:
+        for split, turns in SPLITS.items():
+            for mode in MODES:
+                episodes = _episodes(model, split, mode, turns)
+                probes = [
+                    probe_of(e, "99", correct=(model.startswith("rl2f") and i % 2 == 0))
+                    for i, e in enumerate(x for x in episodes if x.solved_at == 1)
+                ]
+                write_cell(root / "data/episodes/eval", model, split, mode, episodes, probes)
+                metrics.setdefault(model, {}).setdefault(split, {})[mode] = cell_metrics(
+                    episodes,
+                    max_turns=turns,
+                    bootstrap_samples=200,
+                    seed=0,
+                    probes=probes,
+                    leak_checked=mode == "teacher",
+                )
+    validate_metrics(metrics)
+    (root / "reports").mkdir(parents=True, exist_ok=True)
+    (root / "reports/metrics.json").write_text(json.dumps(metrics, indent=2))
+    return metrics
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One evaluation, reported once by the real stage; the tests read its outputs."""
+    root = tmp_path_factory.mktemp("report")
+    write_evaluation(root)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(root)
+        cfg = load_config(REPO / "params.yaml", ["tracking.enabled=false"])
+        summary = report_stage.run(cfg)
+    (root / "summary.json").write_text(json.dumps(summary))
+    return root
+
+
+# ---------------------------------------------------------------- content
+def test_report_stage_writes_html_markdown_and_figures(workspace: Path) -> None:
+    summary = json.loads((workspace / "summary.json").read_text())
+    assert summary["fix_example_found"] is True
+    page = (workspace / "reports/report.html").read_text()
+    markdown = (workspace / "reports/report.md").read_text()
+    figures = sorted(p.name for p in (workspace / "reports/figures").iterdir())
+    assert figures == [
+        "accuracy_eval_id.png",
+        "accuracy_ood_maze.png",
+        "plasticity.png",
+        "sycophancy.png",
+    ]
+    for name in figures:
+        assert (workspace / "reports/figures" / name).read_bytes()[:4] == b"\x89PNG"
+        assert f"(figures/{name})" in markdown
+
+    # Self-contained: inline SVG figures, no script, nothing fetched from anywhere.
+    assert page.count("<svg") == len(figures)
+    assert "<script" not in page
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:|//)""", page)
+    assert "@import" not in page and "url(" not in page.replace("url(#", "")
+
+    # The headline example: base repeats, RL2F fixes, on the same task.
+    assert "RL2F fixes what the base model repeated" in page
+    assert "repeats the previous wrong answer" in page
+    assert "Calculate 3 + 4." in page and "solved at turn 2" in page
+    assert "leak guard: rejected 1 critique(s)" in page
+    assert "Probe: a wrong critique of a correct answer" in page
+
+
+def test_results_table_bolds_the_best_model_per_column(workspace: Path) -> None:
+    metrics = json.loads((workspace / "reports/metrics.json").read_text())
+    markdown = (workspace / "reports/report.md").read_text()
+    table = markdown.split("## Results", 1)[1].split("###", 1)[0]
+    header, _, *rows = [line for line in table.splitlines() if line.startswith("|")]
+    columns = [c.strip() for c in header.strip("|").split("|")][1:]
+    assert columns[0] == "eval_id · teacher (T=3)"
+    cells = {
+        row.split("|")[1].strip(): [c.strip() for c in row.strip("|").split("|")[1:]]
+        for row in rows
+    }
+    best = max(metrics, key=lambda m: metrics[m]["eval_id"]["teacher"]["final_acc"])
+    value = metrics[best]["eval_id"]["teacher"]["final_acc"]
+    low, high = metrics[best]["eval_id"]["teacher"]["ci95_by_turn"][-1]
+    assert cells[best][0] == f"**{value:.3f}** [{low:.2f}, {high:.2f}]"
+    for model in metrics:
+        if metrics[model]["eval_id"]["teacher"]["final_acc"] < value:
+            assert not cells[model][0].startswith("**")
+
+
+def test_report_says_so_when_no_fix_example_exists(tmp_path: Path) -> None:
+    write_evaluation(tmp_path, {"base": 0.25, "single_turn": 0.35})
+    metrics = json.loads((tmp_path / "reports/metrics.json").read_text())
+    cells = {m: read_model_cells(tmp_path / "data/episodes/eval", m) for m in metrics}
+    examples = choose_examples(cells)
+    assert examples.fix is None and "'rl2f'" in examples.fix_missing_reason
+    report = build_report(metrics, cells)
+    assert not report.fix_example
+    assert 'id="no-fix-example"' in report.html and "Not found:" in report.markdown
+
+
+def test_untrusted_text_is_escaped() -> None:
+    hostile = "<script>alert(1)</script> | **bold**\n~~~~\nafter the fence"
+    attempts = [student("<b>5</b>", False, text=hostile), student("7", True)]
+    example = Example("t", "why", "rl2f", "eval_id", "teacher", episode("x", attempts))
+    page = html_episode(example)
+    assert "<script>" not in page and "<b>5</b>" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "&lt;b&gt;5&lt;/b&gt;" in page
+    markdown = md_episode(example)
+    fence = re.search(r"^(~{5,})text$", markdown, re.M)
+    assert fence, "the fence must be longer than the ~~~~ inside the text"
+    block = markdown.split(fence.group(0), 1)[1]
+    assert block.index("after the fence") < block.index(fence.group(1))
+    assert "\\<b\\>5\\</b\\>" in markdown  # the extracted answer, escaped in a note
+
+
+# ---------------------------------------------------------------- rendered in a browser
+def chromium() -> str:
+    binary = shutil.which("chromium") or shutil.which("chromium-browser")
+    if binary is None:
+        pytest.skip("Chromium is not installed (`make chromium` installs the Debian package)")
+    return binary
+
+
+def run_chromium(profile: Path, *args: str) -> subprocess.CompletedProcess:
+    command = [
+        chromium(),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--hide-scrollbars",
+        f"--user-data-dir={profile}",
+        *args,
+    ]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120, check=True)
+
+
+# Added to a COPY of the report (the report itself has no script): after layout, write the
+# rendered size of the results table and of every figure into the DOM that --dump-dom prints.
+MEASURE = """
+<script>
+const box = (el) => { const r = el.getBoundingClientRect(); return [r.width, r.height]; };
+const out = document.createElement("pre");
+out.id = "measured";
+out.textContent = JSON.stringify({
+  table: box(document.getElementById("results-table")),
+  rows: document.querySelectorAll("#results-table tbody tr").length,
+  figures: [...document.querySelectorAll("figure svg")].map(box),
+  episodes: document.querySelectorAll("article.episode").length,
+  student: getComputedStyle(document.querySelector(".msg.student")).backgroundColor,
+  teacher: getComputedStyle(document.querySelector(".msg.teacher")).backgroundColor,
+});
+document.body.appendChild(out);
+</script>
+"""
+
+
+def test_report_renders_in_chromium(workspace: Path, tmp_path_factory) -> None:  # noqa: ANN001
+    page = workspace / "reports/report.html"
+    probe_page = workspace / "measure.html"
+    probe_page.write_text(page.read_text().replace("</body>", MEASURE + "</body>"))
+    profile = tmp_path_factory.mktemp("chromium-profile")
+
+    dom = run_chromium(profile, "--dump-dom", probe_page.as_uri()).stdout
+    found = re.search(r'<pre id="measured">(.*?)</pre>', dom, re.S)
+    assert found, "the page did not render (no measurement in the dumped DOM)"
+    measured = json.loads(found.group(1).replace("&quot;", '"'))
+    assert measured["rows"] == len(MODELS)
+    assert measured["table"][0] > 300 and measured["table"][1] > 50
+    assert len(measured["figures"]) == 4
+    for width, height in measured["figures"]:
+        assert width > 200 and height > 100
+    assert measured["episodes"] >= 3
+    assert measured["student"] != measured["teacher"]  # student and teacher styled apart
+
+    # The untouched report, as a person sees it: the first screen is mostly content.
+    from PIL import Image
+
+    shot = workspace / "report.png"
+    run_chromium(profile, f"--screenshot={shot}", "--window-size=1280,2400", page.as_uri())
+    image = Image.open(shot).convert("L")
+    inked = int((np.asarray(image) < 200).sum())
+    assert image.size == (1280, 2400)
+    assert inked > 0.02 * 1280 * 2400, f"only {inked} dark pixels: the page looks blank"
