@@ -176,7 +176,8 @@ def evaluate_one_model(
     run_stage(
         "evaluate",
         params_yaml,
-        [*overrides, f"eval.models=[{model_name}]"],
+        # Extra models get their own evaluate task; here only this one model runs.
+        [*overrides, f"eval.models=[{model_name}]", "eval.extra_models={}"],
         parent_run_id,
         inputs={"data/tasks": tasks_path, MODEL_DIRS[model_name]: model_path},
         outputs={relative: f"{results_path}/{relative}" for relative in EVAL_OUTPUTS},
