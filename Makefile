@@ -13,7 +13,7 @@ export DO_NOT_TRACK := 1
 # dvc.yaml calls `rl2f`: the venv must come first on PATH.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: setup chromium run test test-fast lint compile bench clean
+.PHONY: setup chromium run test test-fast lint compile lock clean
 
 setup: $(STAMP)
 
@@ -46,6 +46,13 @@ lint: setup
 
 compile: setup
 	$(VENV)/bin/rl2f pipeline compile
+
+# Re-resolve requirements.lock after changing pyproject.toml (uv resolves in seconds; torch
+# resolves to the CPU build on disk through --find-links).
+lock: setup
+	$(PIP) install --quiet uv
+	$(VENV)/bin/uv pip compile pyproject.toml --extra dev --python-version 3.11 \
+		--find-links /opt/wheels --no-header -o requirements.lock
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -148,6 +148,7 @@ def distill(
     params_yaml: str,
     overrides: list,
     parent_run_id: str,
+    tasks: Input[Dataset],
     episodes: Input[Dataset],
     policy: Input[Model],
     critic: Output[Model],
@@ -159,7 +160,11 @@ def distill(
         params_yaml,
         overrides,
         parent_run_id,
-        inputs={"data/episodes/train": episodes.path, "models/rl2f": policy.path},
+        inputs={
+            "data/tasks": tasks.path,  # the leak check reads each episode's task
+            "data/episodes/train": episodes.path,
+            "models/rl2f": policy.path,
+        },
         outputs={"models/rl2f_critic": critic.path},
     )
 

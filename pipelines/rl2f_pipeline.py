@@ -8,7 +8,10 @@ Pipeline parameters (shown in the Kubeflow UI) default to params.yaml as it was 
 """
 
 
+import json
 from pathlib import Path
+
+import yaml
 
 from kfp import dsl
 
@@ -19,7 +22,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def default_params_yaml() -> str:
-    return (REPO / "params.yaml").read_text()
+    """params.yaml as one line of JSON (valid YAML): KFP writes defaults into the compiled
+    file's header comment, where a multi-line string would break the YAML."""
+    return json.dumps(yaml.safe_load((REPO / "params.yaml").read_text()))
 
 
 def _defaults() -> dict:
@@ -91,6 +96,7 @@ def rl2f_pipeline(
     critic = place(
         c.distill(
             **common,
+            tasks=prepared.outputs["tasks"],
             episodes=episodes.outputs["episodes"],
             policy=trained["train_rl2f"].outputs["model"],
         ),

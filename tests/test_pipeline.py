@@ -74,11 +74,17 @@ def test_compiled_pipeline_runs_under_kfp_local(tmp_path: Path) -> None:
     (tmp_path / "pipelines").mkdir()
     (tmp_path / "pipelines" / "rl2f.yaml").write_text(COMPILED.read_text())
     result = _rl2f(
-        "pipeline", "run-local", "--profile", "ci", "--pipeline-root", "kfp-root",
+        "pipeline",
+        "run-local",
+        "--profile",
+        "ci",
+        "--pipeline-root",
+        "kfp-root",
         cwd=tmp_path,
         env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"},
     )
-    assert result.returncode == 0, result.stderr[-4000:]
+    errors = [line for line in result.stderr.splitlines() if "error" in line.lower()]
+    assert result.returncode == 0, "\n".join(errors[-20:]) + result.stderr[-3000:]
     root = tmp_path / "kfp-root"
     reports = list(root.rglob("html"))
     assert reports and reports[0].stat().st_size > 1000
