@@ -93,7 +93,9 @@ def baseline_code(task: Task, reply: str) -> bool:
         if not isinstance(statement, ast.Assert):
             continue
         source = ast.unparse(statement)
-        script = f"{program}\n{header}\ncandidate = {task.verifier_config['entry_point']}\n{source}\n"
+        script = (
+            f"{program}\n{header}\ncandidate = {task.verifier_config['entry_point']}\n{source}\n"
+        )
         ok &= run_python(script, timeout_s=10, memory_mb=512).status == "ok"
     return ok
 

@@ -6,7 +6,6 @@ usual paths. The typed inputs and outputs (Dataset, Model, Metrics, HTML, Markdo
 Kubeflow UI shows as lineage, metrics and the report.
 """
 
-
 import os
 
 from kfp import dsl
@@ -83,7 +82,11 @@ def validate(
 
 @component
 def bootstrap(
-    params_yaml: str, overrides: list, parent_run_id: str, tasks: Input[Dataset], model: Output[Model]
+    params_yaml: str,
+    overrides: list,
+    parent_run_id: str,
+    tasks: Input[Dataset],
+    model: Output[Model],
 ):
     from rl2f.pipeline_io import run_stage
 

@@ -55,7 +55,9 @@ def place(task, placement: Placement, *, cache: bool = True):  # noqa: ANN001, A
     kubernetes.mount_pvc(task, pvc_name=MODEL_CACHE_PVC, mount_path=MODEL_CACHE_MOUNT)
     task.set_env_variable("HF_HOME", MODEL_CACHE_MOUNT)
     for secret, mapping in SECRETS.items():
-        kubernetes.use_secret_as_env(task, secret_name=secret, secret_key_to_env=mapping, optional=True)
+        kubernetes.use_secret_as_env(
+            task, secret_name=secret, secret_key_to_env=mapping, optional=True
+        )
     task.set_retry(num_retries=placement.retries, backoff_duration="60s", backoff_factor=2.0)
     task.set_caching_options(cache)
     return task

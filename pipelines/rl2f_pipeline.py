@@ -7,12 +7,10 @@ Pipeline parameters (shown in the Kubeflow UI) default to params.yaml as it was 
 ``compose_params`` applies them and validates the result before any expensive step starts.
 """
 
-
 import json
 from pathlib import Path
 
 import yaml
-
 from kfp import dsl
 
 from components import stages as c
@@ -90,7 +88,9 @@ def rl2f_pipeline(
         ).set_display_name(stage)
 
     episodes = place(
-        c.rollout(**common, tasks=prepared.outputs["tasks"], policy=trained["train_rl2f"].outputs["model"]),
+        c.rollout(
+            **common, tasks=prepared.outputs["tasks"], policy=trained["train_rl2f"].outputs["model"]
+        ),
         GPU_STEP,
     )
     critic = place(
