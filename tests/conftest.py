@@ -29,8 +29,12 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
     corpus = [f"Calculate {a} + {b}. Answer: {a + b}" for a in range(20) for b in range(20)]
     cfg = TinyModelConfig(
-        vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=2,
+        vocab_size=128,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
     )
     tokenizer = train_tokenizer(corpus, cfg.vocab_size)
     model = build_model(cfg, tokenizer)

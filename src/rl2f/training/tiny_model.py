@@ -14,10 +14,19 @@ from rl2f.config import TinyModelConfig
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>"]
 
 # ChatML, as Qwen uses. Earlier turns render the same whatever follows them, which keeps the
-# multi-turn token-exact prefix property the rollout depends on.
+# multi-turn token-exact prefix property the rollout depends on. The ``generation`` markers
+# render nothing; they let ``return_assistant_tokens_mask`` (TRL's ``assistant_only_loss``) find
+# what the assistant wrote, ``<|im_end|>`` included so the model learns to stop. The newline
+# after ``<|im_end|>`` stays outside: generation ends at ``<|im_end|>``, the next turn adds it.
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
+    "{% if message['role'] == 'assistant' %}"
+    "{{ '<|im_start|>assistant\n' }}"
+    "{% generation %}{{ message['content'] + '<|im_end|>' }}{% endgeneration %}"
+    "{{ '\n' }}"
+    "{% else %}"
     "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endif %}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )

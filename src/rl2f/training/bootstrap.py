@@ -1,0 +1,252 @@
+"""Bootstrap the embedded default student: a tokenizer trained on the task corpus, a small Qwen2
+model built from scratch, and a short single-turn SFT warm start with TRL's SFTTrainer.
+
+The target is a weak but not hopeless model (first-turn accuracy well inside (0, 1)), so RL has
+room to improve it and gets reward from the start. Three choices serve that:
+
+- the learning rate warms up and decays to zero (cosine), so the final weights are the end of a
+  settled run rather than whatever step a constant-rate run happened to stop on;
+- the loss covers assistant tokens only, so the model learns to answer, not to ask;
+- the corpus (:mod:`rl2f.training.bootstrap_corpus`) holds several questions per conversation
+  but no feedback, so later turns are familiar in form while using feedback stays unlearned.
+
+Training checkpoints every ``sft_save_steps`` steps in a work folder beside the output; a run
+killed at any point resumes from the last complete checkpoint when started again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from datasets import Dataset
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerFast, set_seed
+from trl import SFTConfig, SFTTrainer
+
+from rl2f.config import EngineConfig, SamplingConfig, TinyModelConfig
+from rl2f.engines import make_engine
+from rl2f.engines.base import Message
+from rl2f.errors import DataError
+from rl2f.tasks.io import atomic_write_text
+from rl2f.tasks.schema import Task
+from rl2f.training.bootstrap_corpus import build_conversations, corpus_texts
+from rl2f.training.checkpoints import last_complete_checkpoint, replace_dir, resumable_checkpoint
+from rl2f.training.tiny_model import build_model, train_tokenizer
+
+log = logging.getLogger(__name__)
+
+METRICS_FILE = "bootstrap_metrics.json"
+TOKENIZER_DIR = "tokenizer"
+
+Judge = Callable[[Task, str], bool]
+
+
+@dataclass(frozen=True)
+class ProbeSettings:
+    """How the finished model is measured: first-turn accuracy on held-out tasks, greedy and
+    sampled, and what it does after a user turn it has never seen (``followup_message``, e.g.
+    the retry feedback): RL at later turns only gets reward if it sometimes answers right."""
+
+    followup_message: str
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+
+
+def verifier_judge(task: Task, response: str) -> bool:
+    from rl2f.tasks.verifiers import verify
+
+    return verify(task, response).correct
+
+
+def work_dir_for(out_dir: Path) -> Path:
+    """Checkpoints live beside the output, not in it: DVC deletes a stage's outputs before it
+    reruns the stage, which would throw away the checkpoints a resumed run needs."""
+    return out_dir.with_name(f"{out_dir.name}.checkpoints")
+
+
+def _run_settings(tiny: TinyModelConfig, tasks: Sequence[Task]) -> dict[str, Any]:
+    """What decides the result; a checkpoint is resumed only under the same settings."""
+    ids = hashlib.sha256("\n".join(sorted(t.id for t in tasks)).encode()).hexdigest()
+    return {"tiny": tiny.model_dump(mode="json", exclude={"sft_save_steps"}), "train_tasks": ids}
+
+
+def _tokenizer(
+    work_dir: Path, conversations: Sequence[list[Message]], vocab_size: int
+) -> PreTrainedTokenizerFast:
+    """Trained once per run and kept in the work folder, so a resumed run reuses the exact
+    vocabulary its checkpoints were trained with."""
+    saved = work_dir / TOKENIZER_DIR
+    if saved.exists():
+        return PreTrainedTokenizerFast.from_pretrained(saved)
+    tokenizer = train_tokenizer(corpus_texts(conversations), vocab_size)
+    partial = work_dir / f".{TOKENIZER_DIR}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    tokenizer.save_pretrained(partial)
+    partial.rename(saved)
+    return PreTrainedTokenizerFast.from_pretrained(saved)
+
+
+def _sft_config(tiny: TinyModelConfig, work_dir: Path) -> SFTConfig:
+    return SFTConfig(
+        output_dir=str(work_dir),
+        max_steps=tiny.sft_steps,
+        per_device_train_batch_size=tiny.sft_batch_size,
+        learning_rate=tiny.sft_learning_rate,
+        lr_scheduler_type="cosine",
+        warmup_steps=math.ceil(tiny.sft_steps * tiny.sft_warmup_ratio),
+        weight_decay=0.0,
+        max_grad_norm=1.0,
+        assistant_only_loss=True,
+        # A sub-million-parameter model: full precision, and nothing to gain from recomputing
+        # activations (TRL turns both on by default).
+        bf16=False,
+        activation_checkpointing=False,
+        dataloader_pin_memory=torch.cuda.is_available(),
+        max_length=tiny.max_position_embeddings,
+        save_strategy="steps",
+        save_steps=tiny.sft_save_steps,
+        save_total_limit=2,
+        logging_steps=max(1, tiny.sft_steps // 20),
+        logging_first_step=True,
+        seed=tiny.seed,
+        data_seed=tiny.seed,
+        dataloader_num_workers=0,
+        report_to="none",
+        disable_tqdm=False,
+    )
+
+
+def train_sft(
+    tiny: TinyModelConfig, tasks: Sequence[Task], work_dir: Path
+) -> tuple[PreTrainedModel, PreTrainedTokenizerFast, dict[str, float]]:
+    """Build and SFT the tiny model, resuming from ``work_dir`` when it holds a checkpoint of
+    this same run."""
+    resumable_checkpoint(work_dir, _run_settings(tiny, tasks))
+    conversations = build_conversations(
+        tasks,
+        count=tiny.sft_steps * tiny.sft_batch_size,
+        questions_per_conversation=tiny.questions_per_conversation,
+        seed=tiny.seed,
+    )
+    tokenizer = _tokenizer(work_dir, conversations, tiny.vocab_size)
+    set_seed(tiny.seed)
+    model = build_model(tiny, tokenizer)
+    log.info(
+        "tiny model: %.2fM parameters, vocabulary %d, %d conversations",
+        model.num_parameters() / 1e6,
+        len(tokenizer),
+        len(conversations),
+    )
+    trainer = SFTTrainer(
+        model=model,
+        args=_sft_config(tiny, work_dir),
+        train_dataset=Dataset.from_list([{"messages": c} for c in conversations]),
+        processing_class=tokenizer,
+    )
+    checkpoint = last_complete_checkpoint(work_dir)
+    if checkpoint is not None:
+        log.info("resuming from %s", checkpoint)
+    output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    stats = {"train_loss": float(output.training_loss), "final_loss": float(losses[-1])}
+    return trainer.model, tokenizer, stats
+
+
+def probe(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerFast,
+    tasks: Sequence[Task],
+    settings: ProbeSettings,
+    judge: Judge = verifier_judge,
+) -> dict[str, float | int]:
+    """First-turn accuracy (greedy and sampled), then a second turn after
+    ``followup_message`` on the tasks whose sampled first answer was wrong: how often the model
+    is right then, and how often it repeats itself word for word."""
+    if not tasks:
+        return {"n_eval": 0}
+    engine = make_engine(settings.engine, model, tokenizer)
+    sampled_cfg = settings.sampling
+    greedy_cfg = sampled_cfg.model_copy(update={"temperature": 0.0})
+    first_turns: list[list[Message]] = [[{"role": "user", "content": t.prompt}] for t in tasks]
+    try:
+        with tqdm(total=3, desc="probe", unit="pass") as bar:
+            greedy = engine.chat(first_turns, greedy_cfg)
+            bar.update()
+            sampled = engine.chat(first_turns, sampled_cfg)
+            bar.update()
+            greedy_ok = [judge(t, r) for t, r in zip(tasks, greedy, strict=True)]
+            sampled_ok = [judge(t, r) for t, r in zip(tasks, sampled, strict=True)]
+            wrong = [i for i, ok in enumerate(sampled_ok) if not ok]
+            followups: list[list[Message]] = [
+                [
+                    *first_turns[i],
+                    {"role": "assistant", "content": sampled[i]},
+                    {"role": "user", "content": settings.followup_message},
+                ]
+                for i in wrong
+            ]
+            second = engine.chat(followups, sampled_cfg) if followups else []
+            bar.update()
+    finally:
+        engine.close()
+    second_ok = [judge(tasks[i], r) for i, r in zip(wrong, second, strict=True)]
+    repeats = [sampled[i].strip() == r.strip() for i, r in zip(wrong, second, strict=True)]
+    return {
+        "n_eval": len(tasks),
+        "first_turn_accuracy_greedy": _mean(greedy_ok),
+        "first_turn_accuracy_sampled": _mean(sampled_ok),
+        "followup_n": len(wrong),
+        "followup_accuracy_sampled": _mean(second_ok),
+        "followup_repeat_rate": _mean(repeats),
+    }
+
+
+def _mean(flags: Sequence[bool]) -> float:
+    return sum(flags) / len(flags) if flags else 0.0
+
+
+def bootstrap_tiny_model(
+    tiny: TinyModelConfig,
+    train_tasks: Sequence[Task],
+    eval_tasks: Sequence[Task],
+    out_dir: str | Path,
+    settings: ProbeSettings,
+    judge: Judge = verifier_judge,
+) -> dict[str, Any]:
+    """Train, probe and save the tiny model to ``out_dir`` (replaced atomically), with the
+    probe's numbers in ``out_dir/bootstrap_metrics.json``. Returns those metrics."""
+    out_dir = Path(out_dir)
+    tasks = [t for t in train_tasks if t.split == "train"]
+    if not tasks:
+        raise DataError("no train-split tasks to bootstrap the tiny model from")
+    work_dir = work_dir_for(out_dir)
+    started = time.monotonic()
+    model, tokenizer, train_stats = train_sft(tiny, tasks, work_dir)
+    train_seconds = time.monotonic() - started
+    metrics: dict[str, Any] = {
+        "parameters": model.num_parameters(),
+        "vocab_size": len(tokenizer),
+        "sft_steps": tiny.sft_steps,
+        "train_tasks": len(tasks),
+        "train_seconds": round(train_seconds, 1),
+        **train_stats,
+        **probe(model, tokenizer, eval_tasks, settings, judge),
+    }
+    staging = out_dir.with_name(f".{out_dir.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    atomic_write_text(staging / METRICS_FILE, json.dumps(metrics, indent=2, sort_keys=True))
+    replace_dir(staging, out_dir)
+    shutil.rmtree(work_dir, ignore_errors=True)
+    return metrics

@@ -1,0 +1,198 @@
+"""The supervised corpus that warm-starts the tiny student: chat conversations built from
+train-split tasks, with a short worked solution and the ``Answer:`` line as every reply.
+
+What the corpus must NOT teach matters as much as what it does. Like a model trained on static
+corpora, the base model should not yet know how to use feedback, so every assistant turn here is
+a correct answer to a question, and no user turn ever judges or corrects an earlier reply. What
+it must teach is the multi-turn chat format: conversations hold several independent questions,
+often introduced by a little small talk, so the model has seen later user turns of many shapes
+and still answers something sensible (and varied, when sampled) after a user turn it has never
+seen, such as a teacher's critique. Without that, multi-turn RL gets no reward at later turns.
+"""
+
+from __future__ import annotations
+
+import ast
+import operator
+import random
+from collections.abc import Callable, Iterator, Sequence
+from fractions import Fraction
+from typing import Any
+
+from rl2f.engines.base import Message
+from rl2f.tasks.schema import Task
+
+# Small talk that may precede a later question. Plain conversational openers, none of which
+# comments on the previous answer: the model learns to skip such text and answer the question.
+LEAD_INS = (
+    "Next one.",
+    "Here is another question.",
+    "Thanks. One more.",
+    "Ok, a new problem.",
+    "Good. Now this one.",
+    "Let's try a different one.",
+    "Another question for you.",
+    "Moving on.",
+    "Please solve this too.",
+    "I have one more.",
+    "Now a different question.",
+    "Here is the next problem.",
+)
+
+# Asking for the same problem again, without a word about the earlier reply (which is always
+# correct here, and is given again unchanged). This is how a conversation can go on without a
+# new question, so the model learns to turn back to the problem under discussion, rather than
+# make one up, when a user turn holds no question, as a teacher's critique will not.
+REASKS = (
+    "Can you solve the previous problem again?",
+    "Please work out that one once more.",
+    "Show me the solution to that problem again.",
+    "Could you go through the same problem again?",
+    "Let's see that one again.",
+    "Say that again, please.",
+    "One more time, the same problem.",
+    "Please repeat your solution.",
+)
+
+_OPERATORS: dict[type[ast.operator], tuple[str, Callable[[Fraction, Fraction], Fraction]]] = {
+    ast.Add: ("+", operator.add),
+    ast.Sub: ("-", operator.sub),
+    ast.Mult: ("*", operator.mul),
+    ast.Div: ("/", operator.truediv),
+}
+
+
+def _number(value: Fraction) -> str:
+    return str(value.numerator) if value.denominator == 1 else str(value)
+
+
+def _evaluate(node: ast.expr, steps: list[str]) -> Fraction:
+    """Evaluate an arithmetic tree, recording one ``a op b = c`` line per operation, innermost
+    first; a chain ``1 - 5 - 2`` becomes its running totals."""
+    if isinstance(node, ast.Constant) and type(node.value) is int:
+        return Fraction(node.value)
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub | ast.UAdd):
+        value = _evaluate(node.operand, steps)
+        if isinstance(node.op, ast.UAdd):
+            return value
+        if not isinstance(node.operand, ast.Constant):
+            # Negating a bracket is a step of its own: ``-(-13 - -94)`` is -81, not 81.
+            steps.append(f"-({_number(value)}) = {_number(-value)}")
+        return -value
+    if isinstance(node, ast.BinOp) and type(node.op) in _OPERATORS:
+        left = _evaluate(node.left, steps)
+        right = _evaluate(node.right, steps)
+        symbol, apply = _OPERATORS[type(node.op)]
+        result = apply(left, right)
+        steps.append(f"{_number(left)} {symbol} {_number(right)} = {_number(result)}")
+        return result
+    raise ValueError(f"unsupported expression node {type(node).__name__}")
+
+
+def expression_steps(expression: str) -> tuple[list[str], str]:
+    """The worked steps of an integer arithmetic expression and its value.
+
+    Raises ValueError for anything that is not plain integer arithmetic, or whose value is not
+    an integer (a tiny model should not learn fractions from a handful of examples).
+    """
+    try:
+        tree = ast.parse(expression.strip(), mode="eval")
+    except SyntaxError as exc:
+        raise ValueError(f"not an expression: {expression!r}") from exc
+    steps: list[str] = []
+    try:
+        value = _evaluate(tree.body, steps)
+    except ZeroDivisionError as exc:
+        raise ValueError(f"division by zero in {expression!r}") from exc
+    if value.denominator != 1:
+        raise ValueError(f"{expression!r} is not an integer")
+    return steps, _number(value)
+
+
+def _expression_of(task: Task) -> str | None:
+    """reasoning-gym keeps the expression in the generator metadata (inside the verifier
+    config); other sources may put it in the task metadata."""
+    entry = task.verifier_config.get("entry")
+    candidates: list[Any] = [task.metadata.get("expression")]
+    if isinstance(entry, dict) and isinstance(entry.get("metadata"), dict):
+        candidates.append(entry["metadata"].get("expression"))
+    return next((c for c in candidates if isinstance(c, str) and c.strip()), None)
+
+
+def worked_solution(task: Task) -> str:
+    """The reply the model learns for a task: the arithmetic steps when the task's expression is
+    known and agrees with its answer, then the ``Answer:`` line every verifier reads."""
+    answer_line = f"Answer: {task.answer.strip()}"
+    expression = _expression_of(task)
+    if expression is None:
+        return answer_line
+    try:
+        steps, value = expression_steps(expression)
+    except ValueError:
+        return answer_line
+    if not steps or value != task.answer.strip():
+        return answer_line
+    return "\n".join([*steps, answer_line])
+
+
+def _later_question(prompt: str, rng: random.Random, lead_in_rate: float) -> str:
+    if rng.random() < lead_in_rate:
+        return f"{rng.choice(LEAD_INS)}\n{prompt}"
+    return prompt
+
+
+def build_conversations(
+    tasks: Sequence[Task],
+    count: int,
+    questions_per_conversation: int,
+    seed: int,
+    lead_in_rate: float = 0.5,
+    reask_rate: float = 0.0,
+) -> list[list[Message]]:
+    """``count`` conversations of 1..``questions_per_conversation`` independent questions each,
+    every task used about equally often. The first question is always the bare task prompt,
+    exactly as a rollout's first turn shows it; a later one may follow a small-talk opener
+    (``lead_in_rate``). After each answer, with probability ``reask_rate``, the user asks for
+    the same problem again and gets the same reply."""
+    if not tasks:
+        raise ValueError("no tasks to build a corpus from")
+    rng = random.Random(seed)
+    replies = {task.id: worked_solution(task) for task in tasks}
+    stream = _shuffled_forever(list(tasks), rng)
+    most = min(questions_per_conversation, len({task.prompt for task in tasks}))
+    conversations = []
+    for _ in range(count):
+        size = rng.randint(1, most)
+        chosen: list[Task] = []
+        while len(chosen) < size:
+            task = next(stream)
+            # A question asked twice in one conversation would show a second answer to it,
+            # a step towards revising; a repeat is skipped (it comes round again later).
+            if all(task.prompt != other.prompt for other in chosen):
+                chosen.append(task)
+        messages: list[Message] = []
+        for turn, task in enumerate(chosen):
+            question = task.prompt if turn == 0 else _later_question(task.prompt, rng, lead_in_rate)
+            messages.append({"role": "user", "content": question})
+            messages.append({"role": "assistant", "content": replies[task.id]})
+            if rng.random() < reask_rate:
+                messages.append({"role": "user", "content": rng.choice(REASKS)})
+                messages.append({"role": "assistant", "content": replies[task.id]})
+        conversations.append(messages)
+    return conversations
+
+
+def _shuffled_forever(tasks: list[Task], rng: random.Random) -> Iterator[Task]:
+    while True:
+        order = tasks[:]
+        rng.shuffle(order)
+        yield from order
+
+
+def corpus_texts(conversations: Sequence[list[Message]]) -> Iterator[str]:
+    """What the tokenizer is trained on: every message, plus the role names the chat template
+    writes, so that ``assistant`` is one token rather than nine."""
+    for messages in conversations:
+        for message in messages:
+            yield message["role"]
+            yield message["content"]
