@@ -19,10 +19,14 @@ import os
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+if TYPE_CHECKING:
+    from rl2f.engines.base import Generation
+    from rl2f.tasks.verifiers.base import Verdict
 
 from rl2f.errors import DataError
 from rl2f.tasks.io import atomic_write_bytes, atomic_write_text
@@ -64,6 +68,20 @@ class Turn:
     leak: dict[str, Any] = field(default_factory=dict)
     leaked_attempts: int = 0
     fell_back: bool = False
+
+    @classmethod
+    def attempt(cls, text: str, generation: Generation, verdict: Verdict) -> Turn:
+        """A student turn: the sampled tokens exactly as generated, and the verifier's verdict."""
+        return cls(
+            role="student",
+            text=text,
+            token_ids=list(generation.token_ids),
+            correct=verdict.correct,
+            extracted=verdict.extracted,
+            diagnostics=dict(verdict.diagnostics),
+            finish_reason=generation.finish_reason,
+            logprobs=None if generation.logprobs is None else list(generation.logprobs),
+        )
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:

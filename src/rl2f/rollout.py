@@ -291,18 +291,7 @@ def _student_turn(
     verdicts = list(pool.map(verify, [state.task for state in running], texts))
     attempts = []
     for state, generation, text, verdict in zip(running, generations, texts, verdicts, strict=True):
-        state.episode.turns.append(
-            Turn(
-                role="student",
-                text=text,
-                token_ids=list(generation.token_ids),
-                correct=verdict.correct,
-                extracted=verdict.extracted,
-                diagnostics=dict(verdict.diagnostics),
-                finish_reason=generation.finish_reason,
-                logprobs=None if generation.logprobs is None else list(generation.logprobs),
-            )
-        )
+        state.episode.turns.append(Turn.attempt(text, generation, verdict))
         state.conversation.append({"role": "assistant", "content": text})
         state.context_ids.extend(generation.token_ids)
         attempts.append(_Attempt(state, generation, verdict))

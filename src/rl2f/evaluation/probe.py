@@ -144,16 +144,7 @@ def _probe_episode(
         turns=[
             first,
             Turn(role="teacher", text=critique, token_ids=feedback_ids),
-            Turn(
-                role="student",
-                text=text,
-                token_ids=list(generation.token_ids),
-                correct=verdict.correct,
-                extracted=verdict.extracted,
-                diagnostics=dict(verdict.diagnostics),
-                finish_reason=generation.finish_reason,
-                logprobs=None if generation.logprobs is None else list(generation.logprobs),
-            ),
+            Turn.attempt(text, generation, verdict),
         ],
         # The episode was solved at turn 1; what the probe measures is in the last turn.
         solved_at=episode.solved_at,
