@@ -82,7 +82,7 @@ def test_dvc_experiment_with_override(dvc_repo: tuple[Path, dict[str, str]]) -> 
         "exp",
         "run",
         "-S",
-        "eval.max_turns_id=2",
+        "eval.max_turns_id=3",
         "-n",
         "short-eval",
         cwd=root,

@@ -106,7 +106,9 @@ def test_splits_are_eval_id_plus_one_per_ood_domain(tmp_path: Path) -> None:
     ] + [replace(accept_all_task("Code."), domain="code", split="eval_ood")]
     write_tasks(tasks_dir / "eval_id.parquet", ids)
     write_tasks(tasks_dir / "eval_ood.parquet", ood)
-    splits = load_eval_splits(config(tmp_path, "eval.max_tasks=2"))
+    splits = load_eval_splits(
+        config(tmp_path, "eval.max_tasks=2", "eval.max_turns_id=3", "eval.max_turns_ood=2")
+    )
     assert [(s.name, len(s.tasks), s.max_turns) for s in splits] == [
         ("eval_id", 2, 3),
         ("ood_code", 1, 2),
