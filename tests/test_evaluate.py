@@ -224,6 +224,7 @@ def test_evaluate_end_to_end(workspace: Path) -> None:
         REPO / "params.yaml",
         [
             "eval.models=[base,rl2f]",
+            "eval.max_tasks=4",
             "eval.max_turns_id=2",
             "eval.bootstrap_samples=20",
             "rollout.sampling.max_new_tokens=4",
