@@ -67,6 +67,7 @@ def arithmetic_tasks(split: str, size: int = 40, seed: int = 1) -> list[Task]:
 
 def make_project(root: Path) -> Path:
     """A working directory laid out like the repository: params, the ci profile, task files."""
+    root.mkdir(parents=True, exist_ok=True)
     shutil.copy(REPO_ROOT / "params.yaml", root / "params.yaml")
     (root / "profiles").mkdir()
     shutil.copy(REPO_ROOT / "profiles" / "ci.yaml", root / "profiles" / "ci.yaml")
