@@ -73,7 +73,14 @@ def _mlflow(cfg: TrackingConfig):  # noqa: ANN202  (the module)
     import mlflow
 
     uri = tracking_uri(cfg)
+    # set_tracking_uri also exports MLFLOW_TRACKING_URI to the environment; left there, it
+    # would outrank the params of the next stage run in this process. Keep the user's value.
+    before = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
     if mlflow.get_experiment_by_name(cfg.experiment) is None:
         location = cfg.artifact_location or _default_artifact_location(uri)
         mlflow.create_experiment(cfg.experiment, artifact_location=location)
