@@ -248,6 +248,7 @@ def test_stage_saves_a_model_that_loads_and_generates(trained: tuple[Config, dic
     model = AutoModelForCausalLM.from_pretrained(base)
     assert model.config.model_type == "qwen2"
     assert tokenizer.eos_token == "<|im_end|>" and tokenizer.pad_token == "<|pad|>"
+    assert tokenizer.padding_side == "left", "batched generation pads on the left"
     assert model.generation_config.eos_token_id == tokenizer.eos_token_id
     prompt = tokenizer.apply_chat_template(
         [{"role": "user", "content": "Calculate 2 + 3.\nGive your final answer after 'Answer:'."}],
@@ -295,6 +296,15 @@ def test_stage_is_skipped_when_a_real_model_is_named(
     assert not (tmp_path / "b").exists()
 
 
+def test_zero_steps_saves_the_untrained_model(project: Path, tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    cfg = ci_config(project, "model.tiny.sft_steps=0", f"model.base_dir={tmp_path}/base")
+    metrics = stage.run(cfg)
+    assert metrics is not None and metrics["sft_steps"] == 0 and "train_loss" not in metrics
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "base").config.model_type == "qwen2"
+
+
 def test_stage_is_registered() -> None:
     assert STAGES["bootstrap"].module == "rl2f.stages.bootstrap"
 
@@ -326,7 +336,7 @@ def test_rerun_after_sigkill_resumes_from_the_last_checkpoint(tmp_path: Path) ->
     """Kill the real CLI mid-training, rerun it: it resumes from the checkpoint and finishes
     with exactly the weights of a run that was never interrupted."""
     root = make_project(tmp_path / "killed")
-    overrides = ("model.tiny.sft_steps=400", "model.tiny.sft_save_steps=25")
+    overrides = ("model.tiny.sft_steps=200", "model.tiny.sft_save_steps=20")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     work_dir = root / "models/base.checkpoints"
     victim = subprocess.Popen(

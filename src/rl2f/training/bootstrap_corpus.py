@@ -2,12 +2,13 @@
 train-split tasks, with a short worked solution and the ``Answer:`` line as every reply.
 
 What the corpus must NOT teach matters as much as what it does. Like a model trained on static
-corpora, the base model should not yet know how to use feedback, so every assistant turn here is
-a correct answer to a question, and no user turn ever judges or corrects an earlier reply. What
-it must teach is the multi-turn chat format: conversations hold several independent questions,
-often introduced by a little small talk, so the model has seen later user turns of many shapes
-and still answers something sensible (and varied, when sampled) after a user turn it has never
-seen, such as a teacher's critique. Without that, multi-turn RL gets no reward at later turns.
+corpora, the base model should not yet know how to use feedback: every assistant turn here is a
+correct answer, and no user turn ever judges or corrects an earlier reply. What it must teach is
+the multi-turn chat format. Conversations hold several independent questions, often introduced
+by a little small talk, and sometimes the user asks to see the last problem again (and gets the
+same reply). So a user turn without a new question, such as a teacher's critique the model has
+never seen, is met with another attempt at the problem under discussion rather than with
+nonsense. Without such attempts multi-turn RL gets no reward at later turns.
 """
 
 from __future__ import annotations

@@ -32,9 +32,15 @@ CHAT_TEMPLATE = (
 )
 
 
-def train_tokenizer(corpus: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
+def train_tokenizer(
+    corpus: Iterable[str], vocab_size: int, model_max_length: int | None = None
+) -> PreTrainedTokenizerFast:
     """Byte-level BPE with one token per digit, so arithmetic sees place value the same way in
-    every number (as Llama and Qwen tokenizers do)."""
+    every number (as Llama and Qwen tokenizers do).
+
+    All 256 byte symbols are always in the vocabulary, so any text (a teacher's critique, an
+    out-of-domain task) encodes losslessly; ``vocab_size`` beyond them and the special tokens
+    is filled with merges learnt from ``corpus``. Left padding, for batched generation."""
     tok = Tokenizer(models.BPE(unk_token=None))
     tok.normalizer = normalizers.NFKC()
     tok.pre_tokenizer = pre_tokenizers.Sequence(
@@ -58,9 +64,10 @@ def train_tokenizer(corpus: Iterable[str], vocab_size: int) -> PreTrainedTokeniz
         bos_token=None,
         unk_token=None,
         additional_special_tokens=["<|im_start|>", "<|endoftext|>"],
+        padding_side="left",
+        **({"model_max_length": model_max_length} if model_max_length else {}),
     )
     fast.chat_template = CHAT_TEMPLATE
-    fast.padding_side = "left"
     return fast
 
 
