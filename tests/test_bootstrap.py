@@ -119,7 +119,9 @@ def test_expression_steps(expression: str, steps: list[str], value: str) -> None
     assert expression_steps(expression) == (steps, value)
 
 
-@pytest.mark.parametrize("expression", ["7 / 2", "x + 1", "2 ** 3", "1 +", "4 / 0"])
+@pytest.mark.parametrize(
+    "expression", ["7 / 2", "x + 1", "2 ** 3", "1 +", "4 / 0", "-" * 5000 + "1", "1.5 + 1"]
+)
 def test_expression_steps_rejects_what_it_cannot_work_out(expression: str) -> None:
     with pytest.raises(ValueError):
         expression_steps(expression)

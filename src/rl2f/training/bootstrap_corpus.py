@@ -98,13 +98,15 @@ def expression_steps(expression: str) -> tuple[list[str], str]:
     """
     try:
         tree = ast.parse(expression.strip(), mode="eval")
-    except SyntaxError as exc:
+    except (SyntaxError, RecursionError) as exc:
         raise ValueError(f"not an expression: {expression!r}") from exc
     steps: list[str] = []
     try:
         value = _evaluate(tree.body, steps)
     except ZeroDivisionError as exc:
         raise ValueError(f"division by zero in {expression!r}") from exc
+    except RecursionError as exc:  # nested far deeper than any worked solution could show
+        raise ValueError(f"expression too deeply nested: {expression[:40]!r}...") from exc
     if value.denominator != 1:
         raise ValueError(f"{expression!r} is not an integer")
     return steps, _number(value)
