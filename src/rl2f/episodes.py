@@ -206,7 +206,8 @@ def _turn_row(turn: Turn) -> dict[str, Any]:
     }
 
 
-def episode_row(episode: Episode) -> dict[str, Any]:
+def _episode_fields(episode: Episode) -> dict[str, Any]:
+    """What identifies an episode and how it ended: shared by the Parquet and JSONL rows."""
     return {
         "task_id": episode.task_id,
         "domain": episode.domain,
@@ -217,6 +218,12 @@ def episode_row(episode: Episode) -> dict[str, Any]:
         "solved_at": episode.solved_at,
         "reward": episode.reward,
         "end_reason": episode.end_reason,
+    }
+
+
+def episode_row(episode: Episode) -> dict[str, Any]:
+    return {
+        **_episode_fields(episode),
         "num_turns": len(episode.student_turns),
         "prompt_ids": episode.prompt_ids,
         "completion_ids": episode.completion_ids,
@@ -294,15 +301,7 @@ def write_episodes_jsonl(path: str | os.PathLike[str], episodes: list[Episode]) 
     lines = []
     for episode in episodes:
         record = {
-            "task_id": episode.task_id,
-            "domain": episode.domain,
-            "split": episode.split,
-            "policy": episode.policy,
-            "teacher": episode.teacher,
-            "group": episode.group,
-            "solved_at": episode.solved_at,
-            "reward": episode.reward,
-            "end_reason": episode.end_reason,
+            **_episode_fields(episode),
             "turns": [
                 {
                     "role": turn.role,
