@@ -36,20 +36,19 @@ def dvc_repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, 
             )
         elif source.exists():
             shutil.copy2(source, root / name)
-    # The ci profile, folded into params.yaml so DVC tracks the values it runs with.
-    from rl2f.config import load_config
-
-    cfg = load_config(root / "params.yaml", profile="ci")
-    (root / "params.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    # The shipped params.yaml and dvc.yaml, unchanged: sizes come from the ci profile selected by
+    # environment, the way a user shrinks a run without editing the tracked file.
     env = os.environ | {
         "PATH": f"{BIN}:{os.environ['PATH']}",
         "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
+        "RL2F_PROFILE": "ci",
         "GIT_AUTHOR_NAME": "t",
         "GIT_AUTHOR_EMAIL": "t@t",
         "GIT_COMMITTER_NAME": "t",
         "GIT_COMMITTER_EMAIL": "t@t",
     }
-    env.pop("RL2F_PROFILE", None)
+    for name in ("params.yaml", "dvc.yaml"):
+        assert (root / name).read_bytes() == (REPO / name).read_bytes()
     (root / ".gitignore").write_text("mlflow.db\nmlartifacts/\n*.checkpoints/\n")
     _run("git", "init", "-q", cwd=root, env=env)
     _run("git", "add", "-A", cwd=root, env=env)
@@ -92,3 +91,59 @@ def test_dvc_experiment_with_override(dvc_repo: tuple[Path, dict[str, str]]) -> 
     text = json.dumps(shown)
     assert "short-eval" in text
     assert "reports/metrics.json" in text and "reports/validation.json" in text
+
+
+def _dotted_keys(tree: object, prefix: str = "") -> set[str]:
+    """Every key path of a YAML mapping, dotted: ``teacher.level``, ``rollout.sampling.seed``."""
+    if not isinstance(tree, dict):
+        return set()
+    keys = set()
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        keys |= {path} | _dotted_keys(value, f"{path}.")
+    return keys
+
+
+def _dvc_params() -> list[tuple[str, str]]:
+    """(stage, param) for every parameter the shipped dvc.yaml names from params.yaml."""
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    named = []
+    for stage, spec in stages.items():
+        for entry in spec.get("params", []):
+            if isinstance(entry, str):
+                named.append((stage, entry))
+            else:  # {file: [keys]}: only params.yaml is DVC's default
+                for file, keys in entry.items():
+                    assert file == "params.yaml", f"{stage}: params from {file}"
+                    named += [(stage, key) for key in keys]
+    return named
+
+
+def test_every_dvc_param_exists_in_the_shipped_params() -> None:
+    """The fresh-clone failure this guards against: `dvc repro` stops with "Parameters ... are
+    missing from 'params.yaml'" when dvc.yaml names a key params.yaml leaves to its default."""
+    present = _dotted_keys(yaml.safe_load((REPO / "params.yaml").read_text()))
+    missing = [f"{stage}: {key}" for stage, key in _dvc_params() if key not in present]
+    assert not missing, f"dvc.yaml names params absent from params.yaml: {missing}"
+
+
+def test_dvc_resolves_the_shipped_params(tmp_path: Path) -> None:
+    """DVC's own parameter resolution over the shipped files, unchanged: the same call
+    (``ParamsDependency.get_hash``) with which `dvc repro` hashes a stage's params before running
+    it, and which raises "Parameters ... are missing" for a key absent from params.yaml."""
+    from dvc.dependency.param import ParamsDependency
+    from dvc.repo import Repo
+
+    for name in ("params.yaml", "dvc.yaml", ".dvcignore"):
+        shutil.copy2(REPO / name, tmp_path / name)
+    shutil.copytree(REPO / ".dvc", tmp_path / ".dvc", ignore=shutil.ignore_patterns("tmp", "cache"))
+    _run("git", "init", "-q", cwd=tmp_path, env=dict(os.environ))
+    with Repo(str(tmp_path)) as repo:
+        resolved = {
+            stage.name: dep.get_hash().value
+            for stage in repo.index.stages
+            for dep in stage.deps
+            if isinstance(dep, ParamsDependency)
+        }
+    assert set(resolved) == {stage for stage, _ in _dvc_params()}
+    assert all(resolved.values())
