@@ -25,7 +25,15 @@ from rl2f.config import EngineConfig, SamplingConfig, TinyModelConfig
 from rl2f.engines import make_engine, request_seed
 from rl2f.engines.base import ChatEngine, Generation, TokenEngine
 from rl2f.engines.openai_engine import OpenAIChatEngine
-from rl2f.engines.transformers_engine import TransformersEngine, render_chat, stop_token_ids
+from rl2f.engines.transformers_engine import (
+    NOISE_BUDGET_BYTES,
+    GumbelNoise,
+    TransformersEngine,
+    noise_block_steps,
+    render_chat,
+    sampling_log_probs,
+    stop_token_ids,
+)
 from rl2f.errors import UserError
 
 TEXTS = [
@@ -191,6 +199,51 @@ def test_seeded_sampling_is_reproducible(
     # Repeated prompts (G samples of one task) are still sampled independently.
     repeated = engine.generate([prompts[1]] * 4, sampling)
     assert len({tuple(g.token_ids) for g in repeated}) == 4
+
+
+def test_gumbel_max_draws_from_the_sampling_distribution() -> None:
+    """Many rows of one distribution, one draw each: the frequencies match the probabilities,
+    and a token the nucleus dropped (-inf) is never drawn."""
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0, -3.0]])
+    sampling = SamplingConfig(temperature=0.8, top_p=0.95, max_new_tokens=1)
+    log_probs = sampling_log_probs(logits, sampling)
+    assert log_probs[0, -1] == float("-inf")
+    rows = 20_000
+    noise = GumbelNoise(range(rows), 5, 1, torch.device("cpu"))
+    draws = (log_probs + noise.at(0, torch.ones(rows, dtype=torch.bool))).argmax(dim=-1)
+    frequencies = torch.bincount(draws, minlength=5).double() / rows
+    probabilities = log_probs[0].double().exp()
+    spread = (probabilities * (1 - probabilities) / rows).sqrt()
+    assert torch.all((frequencies - probabilities).abs() <= 5 * spread + 1e-12)
+    assert frequencies[-1] == 0
+
+
+def test_gumbel_noise_of_a_row_depends_on_its_seed_only() -> None:
+    """A row's noise at a step is the same whatever its neighbours, whatever the block size,
+    and whether or not the stopped rows beside it drew."""
+    steps, vocab = 7, 50
+    seeds = [request_seed(3, i) for i in range(4)]
+    all_running = torch.ones(4, dtype=torch.bool)
+
+    def stream(row_seeds: list[int], block_steps: int, running: torch.Tensor) -> torch.Tensor:
+        noise = GumbelNoise(row_seeds, vocab, block_steps, torch.device("cpu"))
+        return torch.stack([noise.at(step, running) for step in range(steps)], dim=1)
+
+    reference = stream(seeds, 1, all_running)
+    assert torch.equal(stream(seeds, 3, all_running), reference)
+    assert torch.equal(stream(seeds[2:3], 4, all_running[:1]), reference[2:3])
+    some_stopped = torch.tensor([False, True, False, True])
+    assert torch.equal(stream(seeds, 3, some_stopped)[some_stopped], reference[some_stopped])
+    assert len({tuple(row[0].tolist()) for row in reference}) == 4
+
+
+def test_noise_blocks_fit_the_memory_budget() -> None:
+    qwen_vocab = 151_936
+    steps = noise_block_steps(64, qwen_vocab, 48)
+    assert steps > 1 and 64 * steps * qwen_vocab * 4 <= NOISE_BUDGET_BYTES
+    assert noise_block_steps(4096, qwen_vocab, 48) == 1  # one step always, even over budget
+    assert noise_block_steps(64, 384, 10) == 10  # never more steps than the call samples
+    assert noise_block_steps(64, 384, 1000) == 32
 
 
 def test_sampling_leaves_a_live_model_as_it_was(lively_model: PreTrainedModel, prompts):

@@ -136,16 +136,64 @@ def _nucleus(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     return logits.masked_fill(drop, float("-inf"))
 
 
-def _draw(log_probs: torch.Tensor, generators: list[torch.Generator] | None) -> torch.Tensor:
-    if generators is None:
+# Gumbel noise a row draws per block stays within this many bytes summed over a full batch: a
+# 150k-token vocabulary at batch 64 takes 39 MB a step.
+NOISE_BUDGET_BYTES = 256 * 2**20
+MAX_NOISE_STEPS = 32
+
+
+def noise_block_steps(
+    batch_size: int, vocab_size: int, max_new_tokens: int, budget_bytes: int = NOISE_BUDGET_BYTES
+) -> int:
+    """Steps of noise each row draws at once: as many as fit the budget for a full batch, at
+    most ``MAX_NOISE_STEPS`` and never more than the call can use.
+
+    It depends on the engine's batch size, not on how many rows a chunk holds, so a request's
+    noise at a step never depends on the batch it landed in."""
+    per_step = batch_size * vocab_size * 4  # float32
+    return max(1, min(MAX_NOISE_STEPS, max_new_tokens, budget_bytes // per_step))
+
+
+class GumbelNoise:
+    """Per-row seeded noise for Gumbel-max sampling.
+
+    ``argmax(log_probs + g)`` with standard Gumbel ``g`` is an exact draw from
+    ``softmax(log_probs)``, and a token masked to -inf (outside the top-p nucleus) never wins.
+    Each row fills a block of ``block_steps`` steps from its own generator in one call, instead
+    of one ``torch.multinomial`` per row per step (6.3 ms against about 1 ms a step at batch 64
+    on the CPU). Uniform draws fill a tensor in order on the CPU, so there a row's stream does not
+    even depend on the block size.
+    """
+
+    def __init__(
+        self, seeds: Sequence[int], vocab_size: int, block_steps: int, device: torch.device
+    ) -> None:
+        self.generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
+        self.shape = (len(seeds), block_steps, vocab_size)
+        self.device = device
+        self._block = torch.empty(0)
+
+    def at(self, step: int, running: torch.Tensor) -> torch.Tensor:
+        """Noise of every row for ``step`` (steps are asked for in order, from 0); rows not
+        ``running`` get no fresh draws, their tokens are discarded anyway."""
+        offset = step % self.shape[1]
+        if offset == 0:
+            self._block = self._draw_block(running)
+        return self._block[:, offset]
+
+    def _draw_block(self, running: torch.Tensor) -> torch.Tensor:
+        uniform = torch.zeros(self.shape, device=self.device)
+        for row in running.nonzero().flatten().tolist():
+            uniform[row].uniform_(generator=self.generators[row])
+        # -log(-log(u)); u == 0 gives -inf, a token that cannot win.
+        return uniform.log_().neg_().log_().neg_()
+
+
+def _draw(log_probs: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
+    """Greedy without noise; with Gumbel noise, a sample of ``softmax(log_probs)``."""
+    if noise is None:
         return log_probs.argmax(dim=-1)
-    probs = log_probs.exp()
-    return torch.cat(
-        [
-            torch.multinomial(row, 1, generator=gen)
-            for row, gen in zip(probs, generators, strict=True)
-        ]
-    )
+    return (log_probs + noise).argmax(dim=-1)
 
 
 @contextmanager
@@ -272,9 +320,6 @@ class TransformersEngine:
         position_ids = (attention_mask.cumsum(dim=-1) - 1).clamp(min=0)
         next_positions = position_ids[:, -1:] + 1
 
-        generators = None
-        if sampling.temperature > 0:
-            generators = [torch.Generator(device=self.device).manual_seed(s) for s in seeds]
         stop_ids = torch.tensor(sorted(self.stop_ids), dtype=torch.long, device=self.device)
         finished = torch.zeros(batch, dtype=torch.bool, device=self.device)
         sampled: list[torch.Tensor] = []
@@ -287,9 +332,11 @@ class TransformersEngine:
             use_cache=True,
             logits_to_keep=1,
         )
+        noise = self._noise(seeds, sampling, outputs.logits.shape[-1])
         for step in range(sampling.max_new_tokens):
             log_probs = sampling_log_probs(outputs.logits[:, -1, :], sampling)
-            tokens = _draw(log_probs, generators).masked_fill(finished, self.pad_id)
+            step_noise = noise.at(step, ~finished) if noise is not None else None
+            tokens = _draw(log_probs, step_noise).masked_fill(finished, self.pad_id)
             sampled.append(tokens)
             if return_logprobs:
                 sampled_log_probs.append(log_probs.gather(-1, tokens[:, None]).squeeze(-1))
@@ -314,6 +361,14 @@ class TransformersEngine:
             self._finish(tokens, log_probs)
             for tokens, log_probs in zip(token_rows, log_prob_rows, strict=True)
         ]
+
+    def _noise(
+        self, seeds: Sequence[int], sampling: SamplingConfig, vocab_size: int
+    ) -> GumbelNoise | None:
+        if sampling.temperature == 0:
+            return None
+        steps = noise_block_steps(self.batch_size, vocab_size, sampling.max_new_tokens)
+        return GumbelNoise(seeds, vocab_size, steps, self.device)
 
     def _finish(self, tokens: list[int], log_probs: list[float] | None) -> Generation:
         """Cut a row after its first stop token (what follows is padding of a finished row)."""
