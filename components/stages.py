@@ -204,8 +204,11 @@ def report(
     html: Output[HTML],
     markdown: Output[Markdown],
     metrics: Output[Metrics],
+    comparisons: Output[Metrics],
 ):
-    from rl2f.pipeline_io import merge_and_report, publish_metrics
+    """Merges the per-model results and reports; ``comparisons`` carries comparisons.json (the
+    paired differences between models) and logs its turn-1 and last-turn rows as scalars."""
+    from rl2f.pipeline_io import merge_and_report, publish_comparisons, publish_metrics
 
     merge_and_report(
         params_yaml,
@@ -215,5 +218,7 @@ def report(
         html=html.path,
         markdown=markdown.path,
         metrics_json=metrics.path,
+        comparisons_json=comparisons.path,
     )
     publish_metrics(metrics)
+    publish_comparisons(comparisons)

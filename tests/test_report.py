@@ -16,6 +16,7 @@ from test_metrics import episode, feedback, probe_of, student
 
 from rl2f.config import load_config
 from rl2f.episodes import Episode
+from rl2f.evaluation.comparisons import comparison_rows, excludes_zero
 from rl2f.evaluation.episode_files import read_model_cells, write_cell
 from rl2f.evaluation.examples import Example, choose_examples
 from rl2f.evaluation.metrics import cell_metrics
@@ -142,6 +143,48 @@ def test_report_stage_writes_html_markdown_and_figures(workspace: Path) -> None:
     assert "Calculate 3 + 4." in page and "solved at turn 2" in page
     assert "leak guard: rejected 1 critique(s)" in page
     assert "Probe: a wrong critique of a correct answer" in page
+
+
+def test_report_stage_writes_paired_differences_and_shows_them(workspace: Path) -> None:
+    """comparisons.json holds the paired differences recomputed from the stored episodes, and
+    both reports show each pair at turn 1 and at the last turn, bold when resolved."""
+    rows = json.loads((workspace / "reports/comparisons.json").read_text())
+    summary = json.loads((workspace / "summary.json").read_text())
+    assert summary["comparisons"] == len(rows) > 0
+    cells = {
+        (cell.model, cell.split, cell.mode): cell.episodes
+        for model in MODELS
+        for cell in read_model_cells(workspace / "data/episodes/eval", model)
+    }
+    cfg = load_config(REPO / "params.yaml")
+    assert rows == comparison_rows(
+        cells, samples=cfg.eval.bootstrap_samples, seed=cfg.eval.seed, max_turns=SPLITS
+    )
+    pairs = {
+        (r["split"], r["a"]["model"], r["a"]["mode"], r["b"]["model"], r["b"]["mode"]) for r in rows
+    }
+    for split in SPLITS:
+        for b in (("base", "teacher"), ("single_turn", "teacher"), ("rl2f", "retry")):
+            assert (split, "rl2f", "teacher", *b) in pairs
+        assert {r["turn"] for r in rows if r["split"] == split} == set(range(1, SPLITS[split] + 1))
+
+    page = (workspace / "reports/report.html").read_text()
+    markdown = (workspace / "reports/report.md").read_text()
+    assert '<section id="differences"><h2>Paired differences</h2>' in page
+    table = page.split('<table id="differences-eval_id"', 1)[1].split("</table>", 1)[0]
+    assert "<th>turn 1</th><th>turn 3</th>" in table
+    section = markdown.split("## Paired differences", 1)[1].split("## Accuracy by turn", 1)[0]
+    assert "### eval_id" in section and "### ood_maze" in section
+    for row in rows:
+        if row["split"] != "eval_id" or row["turn"] not in (1, 3):
+            continue
+        value = f"{row['diff']:+.3f}".replace("-0.000", "+0.000")
+        resolved = excludes_zero(row["ci95"])
+        shown = f"<strong>{value}</strong>" if resolved else value
+        label = f"{row['a']['model']} · {row['a']['mode']}"
+        assert label in table and shown in table
+        assert (f"**{value}**" if resolved else value) in section
+    assert "Bold: the interval excludes 0." in section
 
 
 def test_results_table_bolds_the_best_model_per_column(workspace: Path) -> None:

@@ -205,6 +205,11 @@ class EvalConfig(Strict):
     episodes_dir: str = "data/episodes/eval"
     metrics_path: str = "reports/metrics.json"
     plots_dir: str = "reports/plots"
+    comparisons_path: str = Field(
+        default="reports/comparisons.json",
+        description="paired differences between models (mean a - mean b by turn, with paired "
+        "bootstrap 95% intervals over the shared tasks), written by the report stage",
+    )
 
 
 # ---------------------------------------------------------------- plumbing

@@ -141,6 +141,24 @@ def publish_metrics(artifact, source: str | None = None, model: str | None = Non
         Path(artifact.path).write_text(json.dumps(tree, indent=2))
 
 
+def publish_comparisons(artifact) -> None:  # noqa: ANN001
+    """Log the paired differences of comparisons.json (left at ``artifact.path``) at turn 1 and
+    at each split's last turn as scalars, so the Kubeflow run view shows whether each gap is
+    resolved (its interval excludes 0) without opening the file."""
+    rows = json.loads(Path(artifact.path).read_text())
+    last: dict[str, int] = {}
+    for row in rows:
+        last[row["split"]] = max(last.get(row["split"], 1), row["turn"])
+    for row in rows:
+        if row["turn"] not in (1, last[row["split"]]):
+            continue
+        a, b = row["a"], row["b"]
+        name = f"{row['split']}.{a['model']}.{a['mode']}-{b['model']}.{b['mode']}.turn{row['turn']}"
+        artifact.log_metric(f"{name}.diff", float(row["diff"]))
+        artifact.log_metric(f"{name}.lo", float(row["ci95"][0]))
+        artifact.log_metric(f"{name}.hi", float(row["ci95"][1]))
+
+
 def _numeric_leaves(tree: object, prefix: str = "") -> list[tuple[str, float]]:
     if isinstance(tree, bool):
         return [(prefix.rstrip("."), float(tree))]
@@ -215,7 +233,12 @@ def merge_and_report(
     html: str,
     markdown: str,
     metrics_json: str,
+    comparisons_json: str,
 ) -> None:
+    """Merge the per-model evaluation results and run the report stage on them; the report
+    stage is the one place that sees every model's episodes, so it also writes the paired
+    comparisons (at ``eval.comparisons_path`` in the workspace)."""
+    comparisons_path = _load_params_text(params_yaml, overrides).eval.comparisons_path
     with tempfile.TemporaryDirectory(prefix="rl2f-merge-") as tmp:
         merged = Path(tmp)
         merge_results(result_dirs, merged)
@@ -230,6 +253,7 @@ def merge_and_report(
                 "reports/report.html": html,
                 "reports/report.md": markdown,
                 "reports/metrics.json": metrics_json,
+                comparisons_path: comparisons_json,
             },
         )
 

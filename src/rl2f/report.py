@@ -5,8 +5,9 @@ is inline, so it opens the same from a laptop, a DVC workspace, an MLflow artifa
 Kubeflow HTML output, with no network. The Markdown report carries the same tables and
 conversations, with the figures as PNG files beside it (``figures/``).
 
-Sections follow how people read a result: the paper-style results table, accuracy curves,
-plasticity, sycophancy, leaks, then example conversations.
+Sections follow how people read a result: the paper-style results table, paired differences
+between models (is the gap real?), accuracy curves, plasticity, sycophancy, leaks, then example
+conversations.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from rl2f.episodes import Episode, Turn
+from rl2f.evaluation.comparisons import excludes_zero
 from rl2f.evaluation.episode_files import StoredCell
 from rl2f.evaluation.examples import Example, Examples, choose_examples, repeated_attempts
 from rl2f.evaluation.figures import (
@@ -35,6 +37,7 @@ from rl2f.tasks.io import atomic_write_bytes, atomic_write_text
 
 Metrics = dict[str, Any]
 Column = tuple[str, str]  # (split, mode)
+Comparison = dict[str, Any]  # one row of comparisons.json
 
 TITLE = "RL2F evaluation report"
 FIGURES_DIR = "figures"
@@ -125,6 +128,63 @@ def accuracy_table(
             entries.append(AccuracyEntry(cell[key], low, high, model in best[column]))
         rows.append((model, entries))
     return columns, rows
+
+
+@dataclass(frozen=True)
+class DifferenceEntry:
+    diff: float
+    low: float
+    high: float
+    resolved: bool  # the 95% interval excludes 0
+
+
+@dataclass(frozen=True)
+class DifferenceRow:
+    a: str  # "model · mode"
+    b: str
+    n: int
+    entries: list[DifferenceEntry]  # one per shown turn
+
+
+@dataclass(frozen=True)
+class DifferenceTable:
+    split: str
+    turns: list[int]  # turn 1 and the last turn
+    rows: list[DifferenceRow]
+
+
+def side_label(side: Mapping[str, str]) -> str:
+    return f"{side['model']} · {side['mode']}"
+
+
+def difference_tables(comparisons: Sequence[Comparison]) -> list[DifferenceTable]:
+    """One table per split: each pair (a, b) at turn 1 and at the split's last turn, in the
+    order of ``comparisons``."""
+    by_split: dict[str, dict[tuple[str, str], dict[int, Comparison]]] = {}
+    for row in comparisons:
+        pair = (side_label(row["a"]), side_label(row["b"]))
+        by_split.setdefault(row["split"], {}).setdefault(pair, {})[row["turn"]] = row
+    tables = []
+    for split, pairs in by_split.items():
+        last = max(turn for turns in pairs.values() for turn in turns)
+        shown = sorted({1, last})
+        rows = []
+        for (a, b), turns in pairs.items():
+            entries = [
+                DifferenceEntry(row["diff"], *row["ci95"], excludes_zero(row["ci95"]))
+                for turn in shown
+                if (row := turns.get(turn)) is not None
+            ]
+            if len(entries) == len(shown):
+                rows.append(DifferenceRow(a, b, turns[shown[0]]["n"], entries))
+        tables.append(DifferenceTable(split, shown, rows))
+    return tables
+
+
+def signed(value: float, digits: int) -> str:
+    """A difference with its sign; a rounded zero reads +0, not as a loss of -0."""
+    text = f"{value:+.{digits}f}"
+    return text.replace("-0." + "0" * digits, "+0." + "0" * digits)
 
 
 def task_counts(metrics: Metrics) -> dict[str, int]:
@@ -299,6 +359,7 @@ th { background: var(--soft); text-align: center; }
 td.name, th.name { text-align: left; font-weight: 600; }
 td .ci { color: var(--muted); font-size: 0.8em; white-space: nowrap; }
 td.best { background: #eef9f0; }
+td.resolved { background: #eef9f0; }
 figure { margin: 1rem 0; overflow-x: auto; }
 figure svg { max-width: 100%; height: auto; display: block; }
 figcaption { color: var(--muted); font-size: 0.85rem; }
@@ -361,6 +422,44 @@ def html_accuracy_table(metrics: Metrics, turn: str, table_id: str) -> str:
     )
 
 
+def html_difference_table(table: DifferenceTable) -> str:
+    head = "".join(f"<th>turn {turn}</th>" for turn in table.turns)
+    body = []
+    for row in table.rows:
+        cells = []
+        for entry in row.entries:
+            value = signed(entry.diff, 3)
+            value = f"<strong>{value}</strong>" if entry.resolved else value
+            ci = f'<span class="ci">[{signed(entry.low, 2)}, {signed(entry.high, 2)}]</span>'
+            cells.append(f'<td class="{"resolved" if entry.resolved else ""}">{value} {ci}</td>')
+        body.append(
+            f'<tr><td class="name">{esc(row.a)}</td><td class="name">{esc(row.b)}</td>'
+            f"<td>{row.n}</td>{''.join(cells)}</tr>"
+        )
+    return (
+        f'<table id="differences-{esc(table.split)}" class="differences"><thead><tr>'
+        f'<th class="name">a</th><th class="name">b</th><th>tasks</th>{head}</tr></thead>'
+        f"<tbody>{''.join(body)}</tbody></table>"
+    )
+
+
+DIFFERENCES_LEAD = (
+    "Accuracy of a minus accuracy of b on the tasks both evaluated, at turn 1 and at the last "
+    "turn, with paired 95% bootstrap intervals over tasks (the same resampled tasks for a and "
+    "b). Bold: the interval excludes 0."
+)
+
+
+def html_differences(comparisons: Sequence[Comparison]) -> list[str]:
+    tables = difference_tables(comparisons)
+    if not tables:
+        return ['<p class="note">No pair of evaluated cells to compare.</p>']
+    parts = []
+    for table in tables:
+        parts += [f"<h3>{esc(table.split)}</h3>", html_difference_table(table)]
+    return parts
+
+
 def html_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], name_columns: int) -> str:
     def cell(i: int, value: Any) -> str:
         text = fmt(value) if isinstance(value, float) or value is None else str(value)
@@ -404,7 +503,12 @@ def html_episode(example: Example) -> str:
     )
 
 
-def render_html(metrics: Metrics, figures: Figures, examples: Examples) -> str:
+def render_html(
+    metrics: Metrics,
+    figures: Figures,
+    examples: Examples,
+    comparisons: Sequence[Comparison] = (),
+) -> str:
     counts = ", ".join(f"{split}: {n}" for split, n in task_counts(metrics).items())
     parts = [
         "<!DOCTYPE html>",
@@ -413,7 +517,8 @@ def render_html(metrics: Metrics, figures: Figures, examples: Examples) -> str:
         f"<title>{TITLE}</title><style>{STYLE}</style></head><body><main>",
         f"<h1>{TITLE}</h1>",
         f'<p class="meta">Models: {esc(", ".join(metrics))}. Tasks per split: {esc(counts)}.</p>',
-        '<nav><a href="#results">Results</a><a href="#curves">Accuracy by turn</a>'
+        '<nav><a href="#results">Results</a><a href="#differences">Paired differences</a>'
+        '<a href="#curves">Accuracy by turn</a>'
         '<a href="#plasticity">Plasticity</a><a href="#sycophancy">Sycophancy</a>'
         '<a href="#leaks">Leaks</a><a href="#examples">Examples</a></nav>',
         '<section id="results"><h2>Results</h2>',
@@ -429,7 +534,14 @@ def render_html(metrics: Metrics, figures: Figures, examples: Examples) -> str:
     if notes:
         items = "".join(f"<li>{esc(note)}</li>" for note in notes)
         parts.append(f'<p class="note">Context length limits:</p><ul class="note">{items}</ul>')
-    parts += ["</section>", '<section id="curves"><h2>Accuracy by turn</h2>']
+    parts += [
+        "</section>",
+        '<section id="differences"><h2>Paired differences</h2>',
+        f'<p class="lead">{esc(DIFFERENCES_LEAD)}</p>',
+        *html_differences(comparisons),
+        "</section>",
+        '<section id="curves"><h2>Accuracy by turn</h2>',
+    ]
     for split in splits_of(metrics):
         parts.append(
             html_figure(
@@ -523,6 +635,29 @@ def md_accuracy_table(metrics: Metrics, turn: str) -> str:
     return md_table(headers, body)
 
 
+def md_difference_table(table: DifferenceTable) -> str:
+    headers = ["a", "b", "tasks", *[f"turn {turn}" for turn in table.turns]]
+    body = []
+    for row in table.rows:
+        cells = [md_escape(row.a), md_escape(row.b), str(row.n)]
+        for entry in row.entries:
+            value = signed(entry.diff, 3)
+            interval = f"[{signed(entry.low, 2)}, {signed(entry.high, 2)}]"
+            cells.append(f"{f'**{value}**' if entry.resolved else value} {interval}")
+        body.append(cells)
+    return md_table(headers, body)
+
+
+def md_differences(comparisons: Sequence[Comparison]) -> list[str]:
+    tables = difference_tables(comparisons)
+    if not tables:
+        return ["No pair of evaluated cells to compare.", ""]
+    parts = []
+    for table in tables:
+        parts += [f"### {md_escape(table.split)}", "", md_difference_table(table), ""]
+    return parts
+
+
 def md_rows(rows: Sequence[Sequence[Any]]) -> list[list[str]]:
     return [
         [fmt(v) if isinstance(v, float) or v is None else md_escape(v) for v in row] for row in rows
@@ -552,7 +687,9 @@ def md_episode(example: Example) -> str:
     return "\n".join(lines)
 
 
-def render_markdown(metrics: Metrics, examples: Examples) -> str:
+def render_markdown(
+    metrics: Metrics, examples: Examples, comparisons: Sequence[Comparison] = ()
+) -> str:
     counts = ", ".join(f"{split}: {n}" for split, n in task_counts(metrics).items())
     parts = [
         f"# {TITLE}",
@@ -574,6 +711,7 @@ def render_markdown(metrics: Metrics, examples: Examples) -> str:
     notes = context_notes(metrics)
     if notes:
         parts += ["Context length limits:", "", *[f"- {md_escape(note)}" for note in notes], ""]
+    parts += ["## Paired differences", "", DIFFERENCES_LEAD, "", *md_differences(comparisons)]
     parts += ["## Accuracy by turn", ""]
     for split in splits_of(metrics):
         parts += [f"![{split}: accuracy by turn]({FIGURES_DIR}/accuracy_{split}.png)", ""]
@@ -625,13 +763,18 @@ def render_markdown(metrics: Metrics, examples: Examples) -> str:
 
 
 # ---------------------------------------------------------------- entry points
-def build_report(metrics: Metrics, cells: Mapping[str, Sequence[StoredCell]]) -> Report:
-    """The report of validated ``metrics`` and the stored evaluation episodes (by model)."""
+def build_report(
+    metrics: Metrics,
+    cells: Mapping[str, Sequence[StoredCell]],
+    comparisons: Sequence[Comparison] = (),
+) -> Report:
+    """The report of validated ``metrics``, the stored evaluation episodes (by model) and the
+    rows of comparisons.json."""
     figures = build_figures(metrics)
     examples = choose_examples(cells)
     return Report(
-        html=render_html(metrics, figures, examples),
-        markdown=render_markdown(metrics, examples),
+        html=render_html(metrics, figures, examples, comparisons),
+        markdown=render_markdown(metrics, examples, comparisons),
         figures={f"{name}.png": png for name, png in figures.png.items()},
         fix_example=examples.fix is not None,
     )

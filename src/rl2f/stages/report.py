@@ -1,25 +1,57 @@
 """``rl2f report``: ``reports/report.html`` (one self-contained page) and ``reports/report.md``
-(with ``reports/figures/*.png``) from the evaluation's metrics and episodes.
+(with ``reports/figures/*.png``) from the evaluation's metrics and episodes, and
+``eval.comparisons_path`` (paired differences between models, see
+:mod:`rl2f.evaluation.comparisons`).
 
 It reads only ``eval.metrics_path`` and ``eval.episodes_dir``, so it runs the same on the
-outputs of one ``rl2f evaluate`` and on Kubeflow's merged per-model results.
+outputs of one ``rl2f evaluate`` and on Kubeflow's merged per-model results. That also makes it
+the one stage that sees every model's episodes, which the paired comparisons need.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
 
 from rl2f.config import Config
-from rl2f.evaluation.episode_files import read_model_cells
+from rl2f.evaluation.comparisons import comparison_rows
+from rl2f.evaluation.episode_files import StoredCell, read_model_cells
 from rl2f.evaluation.schema import read_metrics
 from rl2f.report import build_report, write_report
+from rl2f.tasks.io import atomic_write_text
 from rl2f.tracking import active
 
 log = logging.getLogger(__name__)
 
 REPORT_DIR = Path("reports")
+
+
+def split_turns(metrics: dict[str, Any]) -> dict[str, int]:
+    """Each split's turn budget, as the evaluation recorded it."""
+    turns: dict[str, int] = {}
+    for splits in metrics.values():
+        for split, modes in splits.items():
+            for cell in modes.values():
+                turns[split] = max(turns.get(split, 0), cell["max_turns"])
+    return turns
+
+
+def comparisons(
+    cfg: Config, metrics: dict[str, Any], cells: dict[str, list[StoredCell]]
+) -> list[dict[str, Any]]:
+    episodes = {
+        (cell.model, cell.split, cell.mode): cell.episodes
+        for stored in cells.values()
+        for cell in stored
+    }
+    return comparison_rows(
+        episodes,
+        samples=cfg.eval.bootstrap_samples,
+        seed=cfg.eval.seed,
+        max_turns=split_turns(metrics),
+    )
 
 
 def run(cfg: Config) -> dict[str, Any]:
@@ -30,17 +62,22 @@ def run(cfg: Config) -> dict[str, Any]:
             log.warning(
                 "%s: no episodes under %s; no examples from it", model, cfg.eval.episodes_dir
             )
-    report = build_report(metrics, cells)
+    paired = comparisons(cfg, metrics, cells)
+    comparisons_path = Path(cfg.eval.comparisons_path)
+    atomic_write_text(comparisons_path, json.dumps(paired, indent=2) + "\n")
+    report = build_report(metrics, cells, paired)
     paths = write_report(report, REPORT_DIR)
     mlflow = active()
     if mlflow is not None:
         mlflow.log_artifact(str(paths["html"]), artifact_path="report")
         mlflow.log_artifact(str(paths["markdown"]), artifact_path="report")
         mlflow.log_artifacts(str(paths["figures"]), artifact_path="report/figures")
-    log.info("wrote %s and %s", paths["html"], paths["markdown"])
+        mlflow.log_artifact(str(comparisons_path), artifact_path="report")
+    log.info("wrote %s, %s and %s", paths["html"], paths["markdown"], comparisons_path)
     return {
         "models": len(metrics),
         "figures": len(report.figures),
+        "comparisons": len(paired),
         "html_bytes": len(report.html.encode()),
         "fix_example_found": report.fix_example,
     }
