@@ -30,7 +30,7 @@ from rl2f.tasks.verifiers import verify
 from rl2f.training.bootstrap import METRICS_FILE, work_dir_for
 from rl2f.training.bootstrap_corpus import (
     LEAD_INS,
-    REASKS,
+    NUDGES,
     build_conversations,
     corpus_texts,
     expression_steps,
@@ -150,43 +150,79 @@ def test_worked_solution_shows_steps_and_falls_back_to_the_answer_line() -> None
     assert worked_solution(wrong) == "Answer: 5"
 
 
-def test_corpus_has_no_feedback_and_every_reply_is_correct() -> None:
-    """No training example may show a critique followed by a revision: every user turn is a new
-    task (with at most a small-talk opener) or a plain request to see the last one again, never
-    a comment on an earlier reply; every assistant turn is the verified-correct answer to the
-    question just asked, and a problem asked again gets exactly the same reply."""
+def test_corpus_has_no_feedback_content_and_every_trained_reply_is_correct() -> None:
+    """No training example may show what a critique says: every user turn is a new task (with
+    at most a small-talk opener) or a bare nudge that carries no information, and a nudge only
+    ever follows a near miss that is left out of the loss. Every reply the loss covers is the
+    verified-correct answer to the question under discussion."""
     tasks = arithmetic_tasks("train", 40)
     by_prompt = {task.prompt: task for task in tasks}
     conversations = build_conversations(
-        tasks, count=300, questions_per_conversation=3, seed=5, reask_rate=0.3
+        tasks, count=300, questions_per_conversation=3, seed=5, retry_rate=0.3
     )
     cfg = load_config(REPO_ROOT / "params.yaml")
-    feedback_words = ("not correct", "wrong", "mistake", "incorrect", "check", "error")
-    sizes, reasks = set(), 0
+    informative = ("high", "low", "larger", "smaller", "digit", "sign", "off by", "check", "step")
+    for nudge in NUDGES:
+        assert not any(ch.isdigit() for ch in nudge), nudge
+        assert not any(word in nudge.casefold() for word in informative), nudge
+        assert nudge != cfg.teacher.retry_message, "the base must not have seen the eval's retry"
+    sizes, nudged, questions = set(), 0, 0
     for messages in conversations:
-        roles = [m["role"] for m in messages]
-        assert roles == ["user", "assistant"] * (len(messages) // 2)
         asked: list[str] = []
-        for turn in range(0, len(messages), 2):
-            question, reply = messages[turn]["content"], messages[turn + 1]["content"]
-            assert not any(word in question.casefold() for word in feedback_words)
-            assert cfg.teacher.retry_message not in question
-            if question in REASKS:
-                assert turn > 0 and reply == messages[turn - 1]["content"]
-                reasks += 1
+        prompt = None
+        for i, message in enumerate(messages):
+            if message["role"] == "assistant":
+                assert prompt is not None
+                verdict = verify(by_prompt[prompt], message["content"])
+                if message.get("train") is False:
+                    assert not verdict.correct and verdict.extracted is not None
+                    assert messages[i + 1]["content"] in NUDGES
+                else:
+                    assert "train" not in message and verdict.correct
+                continue
+            question = message["content"]
+            if question in NUDGES:
+                assert messages[i - 1].get("train") is False, "a nudge follows a near miss only"
+                nudged += 1
                 continue
             if question in by_prompt:
                 prompt = question
             else:
-                assert turn > 0, "the first turn is the bare task prompt, as in a rollout"
+                assert i > 0, "the first turn is the bare task prompt, as in a rollout"
                 lead_in, prompt = question.split("\n", 1)
                 assert lead_in in LEAD_INS
             assert prompt not in asked, "a question asked twice would invite a revision"
             asked.append(prompt)
-            assert verify(by_prompt[prompt], reply).correct
         sizes.add(len(asked))
+        questions += len(asked)
     assert sizes == {1, 2, 3}
-    assert 0 < reasks < sum(len(m) // 2 for m in conversations)
+    assert 0.2 < nudged / questions < 0.4, "about retry_rate of the questions are nudged"
+
+
+def test_near_miss_is_left_out_of_the_loss() -> None:
+    """The chat template renders a ``"train": False`` reply like any other but outside the
+    assistant mask: the model sees near misses in context and never learns to make them."""
+    tasks = arithmetic_tasks("train", 20)
+    conversations = build_conversations(
+        tasks, count=60, questions_per_conversation=2, seed=1, retry_rate=1.0
+    )
+    tokenizer = train_tokenizer(corpus_texts(conversations), vocab_size=300)
+    messages = next(m for m in conversations if any(x.get("train") is False for x in m))
+    plain = [{"role": m["role"], "content": m["content"]} for m in messages]
+    marked = tokenizer.apply_chat_template(
+        messages, return_assistant_tokens_mask=True, return_dict=True
+    )
+    unmarked = tokenizer.apply_chat_template(
+        plain, return_assistant_tokens_mask=True, return_dict=True
+    )
+    assert marked["input_ids"] == unmarked["input_ids"]
+    dropped = [
+        a - b for a, b in zip(unmarked["assistant_masks"], marked["assistant_masks"], strict=True)
+    ]
+    assert set(dropped) == {0, 1}
+    miss = next(m["content"] for m in messages if m.get("train") is False)
+    miss_ids = tokenizer(miss + "<|im_end|>", add_special_tokens=False)["input_ids"]
+    assert sum(dropped) == len(miss_ids)
 
 
 def test_corpus_is_deterministic_under_a_seed() -> None:

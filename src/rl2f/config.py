@@ -39,6 +39,12 @@ class SourceConfig(Strict):
     seed: int = 0
     config: dict[str, Any] = Field(default_factory=dict, description="generator kwargs")
     splits: list[Literal["train", "eval_id", "eval_ood"]] = Field(default_factory=lambda: ["train"])
+    eval_split: str | None = Field(
+        default=None,
+        pattern=r"^[a-z0-9_]+$",
+        description="for eval_ood sources: the evaluation split these tasks form, reported as "
+        "ood_<eval_split> (default: ood_<domain>); lets two math variants be told apart",
+    )
     # file / huggingface sources: which column holds what.
     columns: dict[str, str] = Field(default_factory=dict)
     subset: str | None = None
@@ -70,6 +76,13 @@ class TinyModelConfig(Strict):
     sft_warmup_ratio: float = Field(default=0.05, ge=0, le=1)
     sft_save_steps: int = Field(default=100, ge=1, description="checkpoint interval (resume)")
     questions_per_conversation: int = Field(default=2, ge=1)
+    retry_rate: float = Field(
+        default=0.15,
+        ge=0,
+        le=1,
+        description="share of corpus questions first answered by a near miss, nudged without "
+        "information and then answered right: the base learns to try again, not to read feedback",
+    )
     seed: int = 0
 
 
@@ -164,7 +177,19 @@ class TrainConfig(Strict):
     single_turn_match_budget: bool = Field(
         default=True, description="single-turn baseline samples G x T_max per task"
     )
-    per_turn_credit: bool = False
+    per_turn_credit: bool = Field(
+        default=False,
+        description="each student turn's tokens get the group-normalised return from that "
+        "turn (see credit_discount) instead of the conversation reward",
+    )
+    credit_discount: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description="with per_turn_credit: a turn solved k turns later earns credit_discount^k; "
+        "0 rewards a turn only for being right itself, so a wrong answer is never reinforced "
+        "for the fix that the critique brought about",
+    )
     fading_teacher: bool = False
     lora: bool = False
     lora_r: int = Field(default=16, ge=1)

@@ -22,7 +22,7 @@ from rl2f.episodes import Episode
 from rl2f.errors import UserError
 from rl2f.leakage import LeakGuard
 from rl2f.tasks.io import read_tasks
-from rl2f.tasks.schema import Task
+from rl2f.tasks.schema import Task, ood_split_of
 from rl2f.teachers import make_teacher
 from rl2f.teachers.base import Teacher
 
@@ -94,10 +94,6 @@ class EvalSplit:
     max_turns: int
 
 
-def ood_split_name(domain: str) -> str:
-    return f"ood_{domain}"
-
-
 def select_tasks(tasks: Sequence[Task], max_tasks: int | None) -> list[Task]:
     """The first ``max_tasks`` by task id: ids are content hashes, so this is a fixed pseudo-random
     sample that does not depend on file order and only grows when the cap grows."""
@@ -106,15 +102,15 @@ def select_tasks(tasks: Sequence[Task], max_tasks: int | None) -> list[Task]:
 
 
 def load_eval_splits(cfg: Config) -> list[EvalSplit]:
-    """``eval_id`` and one split per out-of-distribution domain, each capped at
-    ``eval.max_tasks``; empty splits are left out."""
+    """``eval_id`` and one split per out-of-distribution group (``ood_<domain>``, or the
+    source's ``eval_split``), each capped at ``eval.max_tasks``; empty splits are left out."""
     tasks_dir = Path(cfg.data.out_dir)
     splits = [EvalSplit(ID_SPLIT, read_tasks(tasks_dir / "eval_id.parquet"), cfg.eval.max_turns_id)]
-    by_domain: dict[str, list[Task]] = defaultdict(list)
+    by_split: dict[str, list[Task]] = defaultdict(list)
     for task in read_tasks(tasks_dir / "eval_ood.parquet"):
-        by_domain[task.domain].append(task)
-    for domain in sorted(by_domain):
-        splits.append(EvalSplit(ood_split_name(domain), by_domain[domain], cfg.eval.max_turns_ood))
+        by_split[ood_split_of(task)].append(task)
+    for name in sorted(by_split):
+        splits.append(EvalSplit(name, by_split[name], cfg.eval.max_turns_ood))
     selected = [
         EvalSplit(s.name, select_tasks(s.tasks, cfg.eval.max_tasks), s.max_turns)
         for s in splits

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from rl2f.config import Config, SourceConfig
 from rl2f.tasks.io import atomic_write_text, write_tasks
-from rl2f.tasks.schema import SPLITS, Task
+from rl2f.tasks.schema import EVAL_SPLIT_KEY, SPLITS, Task
 from rl2f.tasks.sources import load_source
 from rl2f.tasks.splits import SplitResult, assign_splits
 
@@ -32,9 +33,16 @@ def load_all(sources: list[SourceConfig]) -> list[tuple[SourceConfig, list[Task]
         for source in progress:
             progress.set_postfix_str(f"{source.kind}:{source.name}")
             tasks = load_source(source)
+            if source.eval_split:
+                tasks = [with_eval_split(task, source.eval_split) for task in tasks]
             logger.info("%s:%s: %d tasks", source.kind, source.name, len(tasks))
             loaded.append((source, tasks))
     return loaded
+
+
+def with_eval_split(task: Task, name: str) -> Task:
+    """Tag an out-of-distribution task with the evaluation split it is reported under."""
+    return replace(task, metadata={**task.metadata, EVAL_SPLIT_KEY: name})
 
 
 def build_summary(

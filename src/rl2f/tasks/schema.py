@@ -42,6 +42,15 @@ def content_id(domain: str, prompt: str, answer: str) -> str:
     return digest.hexdigest()[:16]
 
 
+# Task metadata key naming the out-of-distribution evaluation split a task is reported under
+# (set by `prepare` from a source's ``eval_split``); without it the split is ood_<domain>.
+EVAL_SPLIT_KEY = "eval_split"
+
+
+def ood_split_of(task: Task) -> str:
+    return f"ood_{task.metadata.get(EVAL_SPLIT_KEY) or task.domain}"
+
+
 @dataclass(frozen=True)
 class Task:
     domain: str

@@ -41,6 +41,7 @@ from rl2f.engines.base import Message
 from rl2f.errors import DataError
 from rl2f.tasks.io import atomic_write_text
 from rl2f.tasks.schema import Task
+from rl2f.tasks.verifiers.base import Verdict
 from rl2f.training.bootstrap_corpus import build_conversations, corpus_texts
 from rl2f.training.checkpoints import last_complete_checkpoint, replace_dir, resumable_checkpoint
 from rl2f.training.tiny_model import build_model, train_tokenizer
@@ -48,29 +49,37 @@ from rl2f.training.tiny_model import build_model, train_tokenizer
 log = logging.getLogger(__name__)
 
 METRICS_FILE = "bootstrap_metrics.json"
-# Share of answers followed by a request to see the same problem again (see
-# :data:`rl2f.training.bootstrap_corpus.REASKS`).
-REASK_RATE = 0.1
 TOKENIZER_DIR = "tokenizer"
 
-Judge = Callable[[Task, str], bool]
+Judge = Callable[[Task, str], Verdict]
 
 
 @dataclass(frozen=True)
 class ProbeSettings:
     """How the finished model is measured: first-turn accuracy on held-out tasks, greedy and
-    sampled, and what it does after a user turn it has never seen (``followup_message``, e.g.
-    the retry feedback): RL at later turns only gets reward if it sometimes answers right."""
+    sampled, and what it does after a user turn it has never seen: the retry message
+    (``followup_message``) and, when ``critique_level`` is set, the oracle teacher's critique
+    at that level. RL at later turns only gets reward if the model then makes a fresh,
+    well-formed attempt that is sometimes right."""
 
     followup_message: str
+    critique_level: str | None = "diagnostic"
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
 
 
-def verifier_judge(task: Task, response: str) -> bool:
+def verifier_judge(task: Task, response: str) -> Verdict:
     from rl2f.tasks.verifiers import verify
 
-    return verify(task, response).correct
+    return verify(task, response)
+
+
+def well_formed(verdict: Verdict) -> bool:
+    """The verifier could read a final answer of the kind the task asks for (a number for
+    math): an attempt at the problem, right or wrong, rather than nonsense."""
+    from rl2f.teachers.oracle import exact_value
+
+    return verdict.extracted is not None and exact_value(verdict.extracted) is not None
 
 
 def work_dir_for(out_dir: Path) -> Path:
@@ -149,7 +158,7 @@ def train_sft(
         count=max(tiny.sft_steps * tiny.sft_batch_size, len(tasks)),
         questions_per_conversation=tiny.questions_per_conversation,
         seed=tiny.seed,
-        reask_rate=REASK_RATE,
+        retry_rate=tiny.retry_rate,
     )
     tokenizer = _tokenizer(work_dir, conversations, tiny)
     set_seed(tiny.seed)
@@ -184,45 +193,107 @@ def probe(
     settings: ProbeSettings,
     judge: Judge = verifier_judge,
 ) -> dict[str, float | int]:
-    """First-turn accuracy (greedy and sampled), then a second turn after
-    ``followup_message`` on the tasks whose sampled first answer was wrong: how often the model
-    is right then, and how often it repeats itself word for word."""
+    """First-turn accuracy (greedy and sampled), then, on the tasks whose sampled first answer
+    was wrong, a second turn after each follow-up the model has never been trained on (the
+    retry message, ``followup_*``; the oracle's critique, ``critique_*``): how often it is right
+    then, how often the reply is a well-formed attempt, how often it gives a different answer,
+    and how often it repeats itself word for word."""
     if not tasks:
         return {"n_eval": 0}
     engine = make_engine(settings.engine, model, tokenizer)
     sampled_cfg = settings.sampling
     greedy_cfg = sampled_cfg.model_copy(update={"temperature": 0.0})
     first_turns: list[list[Message]] = [[{"role": "user", "content": t.prompt}] for t in tasks]
+    metrics: dict[str, float | int] = {"n_eval": len(tasks)}
     try:
-        with tqdm(total=3, desc="probe", unit="pass") as bar:
-            greedy = engine.chat(first_turns, greedy_cfg)
+        with tqdm(total=4, desc="probe", unit="pass") as bar:
+            greedy_text = engine.chat(first_turns, greedy_cfg)
+            greedy = [judge(t, r) for t, r in zip(tasks, greedy_text, strict=True)]
             bar.update()
-            sampled = engine.chat(first_turns, sampled_cfg)
+            sampled_text = engine.chat(first_turns, sampled_cfg)
+            sampled = [judge(t, r) for t, r in zip(tasks, sampled_text, strict=True)]
             bar.update()
-            greedy_ok = [judge(t, r) for t, r in zip(tasks, greedy, strict=True)]
-            sampled_ok = [judge(t, r) for t, r in zip(tasks, sampled, strict=True)]
-            wrong = [i for i, ok in enumerate(sampled_ok) if not ok]
-            followups: list[list[Message]] = [
-                [
-                    *first_turns[i],
-                    {"role": "assistant", "content": sampled[i]},
-                    {"role": "user", "content": settings.followup_message},
+            metrics["first_turn_accuracy_greedy"] = _mean([v.correct for v in greedy])
+            metrics["first_turn_accuracy_sampled"] = _mean([v.correct for v in sampled])
+            metrics["first_turn_well_formed"] = _mean([well_formed(v) for v in sampled])
+            wrong = [i for i, verdict in enumerate(sampled) if not verdict.correct]
+            metrics["followup_n"] = len(wrong)
+            for prefix, messages in _followups(tasks, sampled_text, sampled, wrong, settings):
+                if not wrong:
+                    bar.update()
+                    continue
+                conversations: list[list[Message]] = [
+                    [
+                        *first_turns[i],
+                        {"role": "assistant", "content": sampled_text[i]},
+                        {"role": "user", "content": message},
+                    ]
+                    for i, message in zip(wrong, messages, strict=True)
                 ]
-                for i in wrong
-            ]
-            second = engine.chat(followups, sampled_cfg) if followups else []
-            bar.update()
+                replies = engine.chat(conversations, sampled_cfg)
+                bar.update()
+                metrics |= _followup_metrics(
+                    prefix,
+                    [sampled_text[i] for i in wrong],
+                    [sampled[i] for i in wrong],
+                    replies,
+                    [judge(tasks[i], r) for i, r in zip(wrong, replies, strict=True)],
+                )
     finally:
         engine.close()
-    second_ok = [judge(tasks[i], r) for i, r in zip(wrong, second, strict=True)]
-    repeats = [sampled[i].strip() == r.strip() for i, r in zip(wrong, second, strict=True)]
+    return metrics
+
+
+def _followups(
+    tasks: Sequence[Task],
+    texts: Sequence[str],
+    verdicts: Sequence[Verdict],
+    wrong: Sequence[int],
+    settings: ProbeSettings,
+) -> list[tuple[str, list[str]]]:
+    """(metric prefix, the user message after each wrong answer) for every follow-up probed."""
+    followups = [("followup", [settings.followup_message] * len(wrong))]
+    if settings.critique_level is not None:
+        from rl2f.teachers.base import CritiqueRequest
+        from rl2f.teachers.oracle import OracleTeacher
+
+        teacher = OracleTeacher(settings.critique_level)
+        requests = [
+            CritiqueRequest(
+                task=tasks[i],
+                conversation=[
+                    {"role": "user", "content": tasks[i].prompt},
+                    {"role": "assistant", "content": texts[i]},
+                ],
+                attempt=texts[i],
+                verdict=verdicts[i],
+                turn=1,
+            )
+            for i in wrong
+        ]
+        followups.append(("critique", teacher.critique(requests)))
+    return followups
+
+
+def _followup_metrics(
+    prefix: str,
+    before: Sequence[str],
+    before_verdicts: Sequence[Verdict],
+    after: Sequence[str],
+    after_verdicts: Sequence[Verdict],
+) -> dict[str, float]:
+    changed = [
+        well_formed(new) and new.extracted != old.extracted
+        for old, new in zip(before_verdicts, after_verdicts, strict=True)
+    ]
     return {
-        "n_eval": len(tasks),
-        "first_turn_accuracy_greedy": _mean(greedy_ok),
-        "first_turn_accuracy_sampled": _mean(sampled_ok),
-        "followup_n": len(wrong),
-        "followup_accuracy_sampled": _mean(second_ok),
-        "followup_repeat_rate": _mean(repeats),
+        # wrong -> right: the share of wrong first answers that are right after the follow-up
+        f"{prefix}_accuracy_sampled": _mean([v.correct for v in after_verdicts]),
+        f"{prefix}_well_formed_rate": _mean([well_formed(v) for v in after_verdicts]),
+        f"{prefix}_changed_answer_rate": _mean(changed),
+        f"{prefix}_repeat_rate": _mean(
+            [a.strip() == b.strip() for a, b in zip(before, after, strict=True)]
+        ),
     }
 
 

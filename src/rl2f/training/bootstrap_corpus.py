@@ -2,13 +2,17 @@
 train-split tasks, with a short worked solution and the ``Answer:`` line as every reply.
 
 What the corpus must NOT teach matters as much as what it does. Like a model trained on static
-corpora, the base model should not yet know how to use feedback: every assistant turn here is a
-correct answer, and no user turn ever judges or corrects an earlier reply. What it must teach is
-the multi-turn chat format. Conversations hold several independent questions, often introduced
-by a little small talk, and sometimes the user asks to see the last problem again (and gets the
-same reply). So a user turn without a new question, such as a teacher's critique the model has
-never seen, is met with another attempt at the problem under discussion rather than with
-nonsense. Without such attempts multi-turn RL gets no reward at later turns.
+corpora, the base model should not yet know how to use feedback: no user turn ever says what
+was wrong with a reply, and every reply the loss covers is a correct answer. What it must teach
+is what a pretrained chat model brings to a conversation: the multi-turn format (several
+independent questions, often introduced by a little small talk) and the habit of trying again.
+Now and then a reply is a near miss (the worked solution with its result off by a little; shown
+in context but excluded from the loss, so the model never learns to make the mistake), the user
+answers with a bare nudge that carries no information ("No. Try again."), and the correct reply
+follows. So a user turn the model has never seen, such as a teacher's critique, is met with a
+fresh, well-formed attempt at the problem under discussion rather than with nonsense, and
+multi-turn RL gets reward at later turns to learn from; what the critique *says* is left for RL
+to teach.
 """
 
 from __future__ import annotations
@@ -40,20 +44,22 @@ LEAD_INS = (
     "Here is the next problem.",
 )
 
-# Asking for the same problem again, without a word about the earlier reply (which is always
-# correct here, and is given again unchanged). This is how a conversation can go on without a
-# new question, so the model learns to turn back to the problem under discussion, rather than
-# make one up, when a user turn holds no question, as a teacher's critique will not.
-REASKS = (
-    "Can you solve the previous problem again?",
-    "Please work out that one once more.",
-    "Show me the solution to that problem again.",
-    "Could you go through the same problem again?",
-    "Let's see that one again.",
-    "Say that again, please.",
-    "One more time, the same problem.",
-    "Please repeat your solution.",
+# A reply the user rejects without saying why: no direction, no digit, no number, nothing a
+# critique would carry, and never the evaluation's retry message itself (tests check both).
+NUDGES = (
+    "No. Try again.",
+    "That is incorrect.",
+    "No, that's wrong.",
+    "Wrong. Once more.",
+    "Not quite. Another try?",
+    "Incorrect, try again.",
+    "No.",
+    "Try again.",
 )
+
+# How far a near-miss reply is off: the slips of someone who can add (a carry, a units digit,
+# a tens digit), each either way.
+NEAR_MISS_OFFSETS = (1, 2, 3, 9, 10, 11, 20)
 
 _OPERATORS: dict[type[ast.operator], tuple[str, Callable[[Fraction, Fraction], Fraction]]] = {
     ast.Add: ("+", operator.add),
@@ -138,6 +144,21 @@ def worked_solution(task: Task) -> str:
     return "\n".join([*steps, answer_line])
 
 
+def near_miss(task: Task, rng: random.Random) -> str:
+    """The task's worked solution with its result off by a small slip, carried through to the
+    ``Answer:`` line (the steps before the last stay right, like a slip at the end)."""
+    reply = worked_solution(task)
+    try:
+        value = int(task.answer.strip())
+    except ValueError:
+        return reply  # not an integer answer: nothing to miss by a little
+    wrong = value + rng.choice(NEAR_MISS_OFFSETS) * rng.choice((-1, 1))
+    *steps, _ = reply.split("\n")
+    if steps and steps[-1].endswith(f"= {value}"):
+        steps[-1] = f"{steps[-1][: -len(str(value))]}{wrong}"
+    return "\n".join([*steps, f"Answer: {wrong}"])
+
+
 def _later_question(prompt: str, rng: random.Random, lead_in_rate: float) -> str:
     if rng.random() < lead_in_rate:
         return f"{rng.choice(LEAD_INS)}\n{prompt}"
@@ -150,13 +171,14 @@ def build_conversations(
     questions_per_conversation: int,
     seed: int,
     lead_in_rate: float = 0.5,
-    reask_rate: float = 0.0,
+    retry_rate: float = 0.0,
 ) -> list[list[Message]]:
     """``count`` conversations of 1..``questions_per_conversation`` independent questions each,
     every task used about equally often. The first question is always the bare task prompt,
     exactly as a rollout's first turn shows it; a later one may follow a small-talk opener
-    (``lead_in_rate``). After each answer, with probability ``reask_rate``, the user asks for
-    the same problem again and gets the same reply."""
+    (``lead_in_rate``). With probability ``retry_rate`` a question is first answered by a near
+    miss (marked ``"train": False``: the chat template leaves it out of the loss), then nudged
+    (:data:`NUDGES`), then answered correctly."""
     if not tasks:
         raise ValueError("no tasks to build a corpus from")
     rng = random.Random(seed)
@@ -169,18 +191,20 @@ def build_conversations(
         chosen: list[Task] = []
         while len(chosen) < size:
             task = next(stream)
-            # A question asked twice in one conversation would show a second answer to it,
-            # a step towards revising; a repeat is skipped (it comes round again later).
+            # A question asked twice in one conversation would show a second answer to it;
+            # a repeat is skipped (it comes round again later).
             if all(task.prompt != other.prompt for other in chosen):
                 chosen.append(task)
         messages: list[Message] = []
         for turn, task in enumerate(chosen):
             question = task.prompt if turn == 0 else _later_question(task.prompt, rng, lead_in_rate)
             messages.append({"role": "user", "content": question})
+            if rng.random() < retry_rate:
+                miss = near_miss(task, rng)
+                if miss != replies[task.id]:
+                    messages.append({"role": "assistant", "content": miss, "train": False})
+                    messages.append({"role": "user", "content": rng.choice(NUDGES)})
             messages.append({"role": "assistant", "content": replies[task.id]})
-            if rng.random() < reask_rate:
-                messages.append({"role": "user", "content": rng.choice(REASKS)})
-                messages.append({"role": "assistant", "content": replies[task.id]})
         conversations.append(messages)
     return conversations
 

@@ -10,8 +10,9 @@ that reads it back from the rollout's extra fields, and TRL normalises it within
 Two options beyond the paper, both off by default:
 
 - per-turn credit (``train.per_turn_credit``): each student turn's tokens get the
-  group-normalised return *from that turn* (gamma^(solved_at - t)) instead of the conversation
-  reward, so an early wrong turn that the student later fixed is not rewarded like the fix;
+  group-normalised return *from that turn* (``train.credit_discount``^(solved_at - t)) instead
+  of the conversation reward, so an early wrong turn that the student later fixed is not
+  rewarded like the fix (with the default discount 0, not rewarded at all);
 - fading teacher (``train.fading_teacher``): the critique level goes diagnostic -> directional
   -> binary over training, so the policy is weaned off detailed hints.
 """
@@ -362,7 +363,7 @@ def make_trainer_class(per_turn_credit: bool):  # noqa: ANN201
             rollout: ConversationRollout = self.rollout_func
             advantages = per_turn_advantages(
                 rollout.last_episodes,
-                rollout.cfg.rollout.gamma,
+                rollout.cfg.train.credit_discount,
                 self.num_generations,
                 output["completion_ids"].shape[1],
             )

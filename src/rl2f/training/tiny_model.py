@@ -18,11 +18,16 @@ SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>"]
 # render nothing; they let ``return_assistant_tokens_mask`` (TRL's ``assistant_only_loss``) find
 # what the assistant wrote, ``<|im_end|>`` included so the model learns to stop. The newline
 # after ``<|im_end|>`` stays outside: generation ends at ``<|im_end|>``, the next turn adds it.
+# An assistant message with ``"train": False`` (a near miss in the bootstrap corpus) renders the
+# same but outside the markers, so it is context and never a target.
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
     "{% if message['role'] == 'assistant' %}"
     "{{ '<|im_start|>assistant\n' }}"
+    "{% if message.get('train') is sameas false %}{{ message['content'] + '<|im_end|>' }}"
+    "{% else %}"
     "{% generation %}{{ message['content'] + '<|im_end|>' }}{% endgeneration %}"
+    "{% endif %}"
     "{{ '\n' }}"
     "{% else %}"
     "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
