@@ -22,13 +22,21 @@ import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from rl2f.config import EngineConfig, SamplingConfig, TinyModelConfig
-from rl2f.engines import make_engine, request_seed
-from rl2f.engines.base import ChatEngine, Generation, TokenEngine
+from rl2f.engines import make_engine, request_seed, transformers_engine
+from rl2f.engines.base import (
+    ChatEngine,
+    Generation,
+    SessionEngine,
+    StatelessSession,
+    TokenEngine,
+    open_session,
+)
 from rl2f.engines.openai_engine import OpenAIChatEngine
 from rl2f.engines.transformers_engine import (
     NOISE_BUDGET_BYTES,
     GumbelNoise,
     TransformersEngine,
+    TransformersSession,
     noise_block_steps,
     render_chat,
     sampling_log_probs,
@@ -244,6 +252,138 @@ def test_noise_blocks_fit_the_memory_budget() -> None:
     assert noise_block_steps(4096, qwen_vocab, 48) == 1  # one step always, even over budget
     assert noise_block_steps(64, 384, 10) == 10  # never more steps than the call samples
     assert noise_block_steps(64, 384, 1000) == 32
+
+
+# ---------------------------------------------------------------- sessions (KV kept between calls)
+def assert_same_generations(got: list[Generation], expected: list[Generation]) -> None:
+    assert [g.token_ids for g in got] == [g.token_ids for g in expected]
+    assert [g.finish_reason for g in got] == [g.finish_reason for g in expected]
+    for mine, theirs in zip(got, expected, strict=True):
+        assert mine.logprobs == pytest.approx(theirs.logprobs, abs=1e-4)
+
+
+def most_common_token(engine: TransformersEngine, prompts: list[list[int]]) -> int:
+    generated = [t for g in engine.generate(prompts, GREEDY) for t in g.token_ids]
+    return max(set(generated), key=generated.count)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0], ids=["greedy", "sampled"])
+def test_a_session_continues_conversations_like_whole_prompts(
+    lively_model: PreTrainedModel, prompts: list[list[int]], temperature: float
+) -> None:
+    """Four turns of six conversations (batches of 4 and 2), feedback appended after each
+    attempt, some conversations ending, the rest asked in another order: every turn equals
+    ``generate`` on the whole conversations. A stop token that the model writes often makes rows
+    stop at different steps, so the carried caches have holes."""
+    stopping_model = copy.deepcopy(lively_model)
+    engine = TransformersEngine(stopping_model, batch_size=4)
+    stopping_model.generation_config.eos_token_id = [
+        engine.tokenizer.eos_token_id,
+        most_common_token(engine, prompts),
+    ]
+    engine = TransformersEngine(stopping_model, batch_size=4)
+    feedback = engine.tokenizer(" Try again. Answer:")["input_ids"]
+    keys = [f"conversation {i}" for i in range(len(prompts))]
+    contexts = dict(zip(keys, (list(p) for p in prompts), strict=True))
+    reasons = set()
+    with engine.session() as session:
+        for turn, alive in enumerate([keys, keys, keys[::-1][1:4] + keys[:1], keys[2:4]]):
+            sampling = SamplingConfig(temperature=temperature, max_new_tokens=6, seed=turn)
+            asked = [contexts[key] for key in alive]
+            carried = session.generate(asked, sampling, True, keys=alive)
+            assert_same_generations(carried, engine.generate(asked, sampling, True))
+            reasons |= {g.finish_reason for g in carried}
+            for key, generation in zip(alive, carried, strict=True):
+                contexts[key] = contexts[key] + generation.token_ids + feedback
+    assert reasons == {"stop", "length"}
+
+
+def test_later_calls_of_a_session_feed_only_the_new_tokens(
+    engine: TransformersEngine, lively_model: PreTrainedModel, prompts: list[list[int]]
+) -> None:
+    feedback = engine.tokenizer(" Try again.")["input_ids"]
+    widths: list[int] = []
+    hook = lively_model.register_forward_pre_hook(
+        lambda module, args, kwargs: widths.append(kwargs["input_ids"].shape[1]), with_kwargs=True
+    )
+    try:
+        with engine.session() as session:
+            first = session.generate(prompts, GREEDY, keys=range(len(prompts)))
+            widths.clear()
+            longer = [p + g.token_ids + feedback for p, g in zip(prompts, first, strict=True)]
+            session.generate(longer, GREEDY, keys=range(len(prompts)))
+    finally:
+        hook.remove()
+    # Each batch's first call reads the last sampled token (never fed back) and the feedback;
+    # the rest are one token per step.
+    assert max(widths) == len(feedback) + 1
+    assert max(len(p) for p in longer) > 3 * (len(feedback) + 1)
+
+
+def test_a_session_rewinds_what_a_prompt_does_not_continue(
+    engine: TransformersEngine, prompts: list[list[int]]
+) -> None:
+    """A prompt that repeats, shortens or rewrites what the cache holds still gets the result of
+    the whole prompt: the cached tokens it does not extend are forgotten."""
+    keys = list(range(len(prompts)))
+    sampling = SamplingConfig(temperature=1.0, max_new_tokens=5, seed=9)
+    with engine.session() as session:
+        first = session.generate(prompts, sampling, True, keys=keys)
+        cached = [p + g.token_ids for p, g in zip(prompts, first, strict=True)]
+        changed = [
+            cached[0],  # exactly what was generated: nothing new to feed
+            prompts[1],  # the original prompt again
+            cached[2][:-2] + [cached[2][-1]],  # the attempt rewritten near its end
+            cached[3][: len(prompts[3]) + 1],  # part of the attempt
+            cached[4] + cached[4][:3],
+            cached[5],
+        ]
+        assert_same_generations(
+            session.generate(changed, sampling, True, keys=keys),
+            engine.generate(changed, sampling, True),
+        )
+
+
+def test_a_session_without_a_reusable_cache_sends_whole_prompts(
+    engine: TransformersEngine, prompts: list[list[int]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Caches that cannot be cut by row and column (sliding windows, linear attention) are not
+    kept: every call prefills the whole prompts, with the same results."""
+    monkeypatch.setattr(transformers_engine, "_reusable", lambda cache: False)
+    feedback = engine.tokenizer(" No.")["input_ids"]
+    with engine.session() as session:
+        first = session.generate(prompts, GREEDY, True, keys=range(len(prompts)))
+        longer = [p + g.token_ids + feedback for p, g in zip(prompts, first, strict=True)]
+        assert_same_generations(
+            session.generate(longer, GREEDY, True, keys=range(len(prompts))),
+            engine.generate(longer, GREEDY, True),
+        )
+
+
+def test_a_session_needs_one_distinct_key_per_prompt(
+    lively_model: PreTrainedModel, prompts: list[list[int]]
+) -> None:
+    engine = TransformersEngine(lively_model, batch_size=4)
+    session = engine.session()
+    with pytest.raises(ValueError, match="expected 2 distinct keys"):
+        session.generate(prompts[:2], GREEDY, keys=[0, 0])
+    with pytest.raises(ValueError, match="expected 2 distinct keys"):
+        session.generate(prompts[:2], GREEDY, keys=[0])
+    engine.close()
+    with pytest.raises(UserError, match="used after close"):
+        session.generate(prompts[:2], GREEDY, keys=[0, 1])
+
+
+def test_engines_without_sessions_get_a_stateless_one(engine: TransformersEngine, prompts):
+    assert isinstance(engine, SessionEngine)
+    assert isinstance(open_session(engine), TransformersSession)
+    stateless = OpenAIChatEngine(base_url="http://127.0.0.1:9/v1", model="teacher")
+    assert not isinstance(stateless, SessionEngine)
+    plain = StatelessSession(engine)
+    assert_same_generations(
+        plain.generate(prompts, GREEDY, True, keys=range(len(prompts))),
+        engine.generate(prompts, GREEDY, True),
+    )
 
 
 def test_sampling_leaves_a_live_model_as_it_was(lively_model: PreTrainedModel, prompts):

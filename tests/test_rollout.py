@@ -207,6 +207,100 @@ def test_batched_equals_one_at_a_time_under_greedy(student) -> None:
             assert episode.completion_logprobs == pytest.approx(single.completion_logprobs)
 
 
+class WholePrompts:
+    """The same engine seen through the plain TokenEngine interface, without sessions: every
+    turn sends the whole conversation, as vLLM and HTTP students do."""
+
+    def __init__(self, engine) -> None:
+        self.engine = engine
+        self.tokenizer = engine.tokenizer
+        self.context_length = engine.context_length
+
+    def generate(self, prompts, sampling, return_logprobs=False):
+        return self.engine.generate(prompts, sampling, return_logprobs)
+
+    def chat(self, conversations, sampling):
+        return self.engine.chat(conversations, sampling)
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def lively_model(tiny_model_dir: Path):
+    """The tiny model with large random weights, whose every token depends on its context (the
+    fresh one repeats one token whatever it reads)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.dim() == 2:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.5)
+    return model
+
+
+def wordy_tasks(count: int) -> list[Task]:
+    """Tasks whose prompts differ in length by dozens of tokens."""
+    return [
+        Task(
+            domain="math",
+            source="test",
+            prompt=f"Calculate {900 + i} + {i + 1}." + " Show your work." * (4 * i),
+            answer=str(901 + 2 * i),
+            verifier="math",
+        )
+        for i in range(count)
+    ]
+
+
+@pytest.mark.parametrize("sampling", [GREEDY, SAMPLED], ids=["greedy", "sampled"])
+def test_carried_kv_cache_gives_the_episodes_of_whole_prompts(
+    lively_model, sampling: SamplingConfig
+) -> None:
+    """The transformers student keeps each conversation's KV cache between turns and reads only
+    the new tokens; rolled out through the plain interface it re-reads whole conversations. Both
+    give the same episodes token for token (logprobs up to float rounding: a cached key was
+    computed one token at a time rather than in one prefill).
+
+    Batches of 3 put the six episodes in two batches, and a context length that ends longer
+    conversations sooner makes episodes drop out at different turns: the cache loses rows and
+    its batches merge."""
+    import copy
+
+    tasks = wordy_tasks(3)
+    chat = ChatTurns(AutoTokenizer.from_pretrained(lively_model.name_or_path))
+    longest = max(len(chat.prompt_ids([{"role": "user", "content": t.prompt}])) for t in tasks)
+    model = copy.deepcopy(lively_model)
+    model.config.max_position_embeddings = longest + sampling.max_new_tokens + 70
+    student = make_engine(EngineConfig(device="cpu", batch_size=3), model)
+    fed: list[int] = []  # token positions the model read, per forward call
+    hook = model.register_forward_pre_hook(
+        lambda module, args, kwargs: fed.append(kwargs["input_ids"].numel()), with_kwargs=True
+    )
+    try:
+        retry = RetryTeacher("Try again.")
+        carried = roll(tasks, student, teacher=retry, max_turns=5, sampling=sampling)
+        fed_carried, fed[:] = sum(fed), []
+        whole = roll(tasks, WholePrompts(student), teacher=retry, max_turns=5, sampling=sampling)
+    finally:
+        hook.remove()
+        student.close()
+    assert fed_carried < sum(fed) / 2
+    check_episodes(carried + whole, tasks, student.tokenizer)
+    for mine, theirs in zip(carried, whole, strict=True):
+        assert mine.completion_ids == theirs.completion_ids
+        assert mine.completion_mask == theirs.completion_mask
+        assert [t.text for t in mine.turns] == [t.text for t in theirs.turns]
+        assert mine.end_reason == theirs.end_reason
+        assert mine.completion_logprobs == pytest.approx(theirs.completion_logprobs, abs=1e-4)
+    # The check has teeth: episodes end at different turns and differ from one another.
+    assert len({len(e.turns) for e in carried}) == 3
+    assert len({tuple(e.completion_ids) for e in carried}) >= 3
+
+
 def test_solved_at_turn_two_earns_the_discounted_reward(student) -> None:
     """A real, deterministic "solves at turn 2": sample one-token attempts, then set the
     answer to a digit some episodes wrote at turn 2 and none wrote at turn 1. Rolled out again

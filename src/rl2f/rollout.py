@@ -16,14 +16,16 @@ import logging
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass
+from itertools import product
 from typing import TYPE_CHECKING
 
 from tqdm.auto import tqdm
 
 from rl2f.config import SamplingConfig
 from rl2f.engines import request_seed
-from rl2f.engines.base import Generation, Message, TokenEngine
+from rl2f.engines.base import Generation, Message, TokenEngine, TokenSession, open_session
 from rl2f.episodes import Episode, Turn, discounted_reward
 from rl2f.errors import UserError
 from rl2f.leakage import LeakGuard, guarded_critiques
@@ -126,12 +128,14 @@ class ChatTurns:
 @dataclass
 class _Running:
     """One episode while it is rolled out: the public conversation, the exact ids the student
-    will be conditioned on next, and the record being filled in."""
+    will be conditioned on next, the record being filled in, and the key naming its
+    conversation in the student's session."""
 
     task: Task
     episode: Episode
     conversation: list[Message]
     context_ids: list[int]
+    key: int
 
 
 @dataclass(frozen=True)
@@ -175,9 +179,8 @@ def run_episodes(
     chat = ChatTurns(student.tokenizer)
     context_length: int | None = getattr(student, "context_length", None)
     running = [
-        _start(task, group, chat, policy_name, teacher.name, system_prompt)
-        for task in tasks
-        for group in range(num_generations)
+        _start(task, group, key, chat, policy_name, teacher.name, system_prompt)
+        for key, (task, group) in enumerate(product(tasks, range(num_generations)))
     ]
     for state in running[::num_generations]:
         if not _fits(state, sampling, context_length):
@@ -189,13 +192,17 @@ def run_episodes(
     episodes = [state.episode for state in running]
     workers = verify_workers or min(32, (os.cpu_count() or 1) + 4)
     bar = tqdm(total=len(running), desc="episodes", unit="ep", disable=not progress)
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="verify") as pool, bar:
+    # The session keeps each conversation's state in the student between turns (its KV cache
+    # for a transformers student), so a later turn reads only its new tokens.
+    session = closing(open_session(student))
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="verify")
+    with pool, bar, session as student_session:
         for turn in range(1, max_turns + 1):
             running = _end_overlong(running, sampling, context_length, bar)
             if not running:
                 break
             bar.set_postfix(turn=turn, active=len(running))
-            attempts = _student_turn(running, turn, student, chat, sampling, pool)
+            attempts = _student_turn(running, turn, student_session, chat, sampling, pool)
             failed = []
             for attempt in attempts:
                 episode = attempt.state.episode
@@ -215,6 +222,7 @@ def run_episodes(
 def _start(
     task: Task,
     group: int,
+    key: int,
     chat: ChatTurns,
     policy_name: str,
     teacher_name: str,
@@ -237,7 +245,7 @@ def _start(
         reward=0.0,
         student_visible=[message["content"] for message in conversation],
     )
-    return _Running(task, episode, conversation, list(prompt_ids))
+    return _Running(task, episode, conversation, list(prompt_ids), key)
 
 
 def _fits(state: _Running, sampling: SamplingConfig, context_length: int | None) -> bool:
@@ -269,7 +277,7 @@ def _end_overlong(
 def _student_turn(
     running: list[_Running],
     turn: int,
-    student: TokenEngine,
+    student: TokenSession,
     chat: ChatTurns,
     sampling: SamplingConfig,
     pool: ThreadPoolExecutor,
@@ -279,7 +287,10 @@ def _student_turn(
     # every turn, which makes "repeats its wrong answer" look likelier than it is.
     turn_sampling = sampling.model_copy(update={"seed": request_seed(sampling.seed, turn)})
     generations = student.generate(
-        [state.context_ids for state in running], turn_sampling, return_logprobs=True
+        [state.context_ids for state in running],
+        turn_sampling,
+        return_logprobs=True,
+        keys=[state.key for state in running],
     )
     if len(generations) != len(running):
         raise RuntimeError(

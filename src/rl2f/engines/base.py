@@ -3,10 +3,17 @@
 Students are rolled out on token ids (the multi-turn loss mask must line up with exactly what was
 sampled), so token engines take and return ids. Teachers served elsewhere only speak chat, so
 every engine also answers chat conversations with text.
+
+A multi-turn rollout sends each conversation again every turn, grown by the last attempt and the
+feedback. A :class:`SessionEngine` opens a :class:`TokenSession` that keeps each conversation's
+state (its KV cache) between calls, so a later turn only reads the new tokens; every other engine
+gets a :class:`StatelessSession` that sends whole prompts (vLLM's prefix cache does the same job
+inside vLLM; an HTTP server is out of reach).
 """
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
 
@@ -43,3 +50,59 @@ class TokenEngine(ChatEngine, Protocol):
         sampling: SamplingConfig,
         return_logprobs: bool = False,
     ) -> list[Generation]: ...
+
+
+@runtime_checkable
+class TokenSession(Protocol):
+    """Generation over a set of conversations that come back call after call, each longer.
+
+    ``generate`` takes the same prompts, sampling and seeds as :meth:`TokenEngine.generate`
+    (request ``i`` of a call draws from the stream of ``(sampling.seed, i)``) and must return the
+    same generations; ``keys`` name the conversation each prompt continues. A key missing from a
+    call is finished: its state is released.
+    """
+
+    def generate(
+        self,
+        prompts: list[list[int]],
+        sampling: SamplingConfig,
+        return_logprobs: bool = False,
+        *,
+        keys: Sequence[Hashable],
+    ) -> list[Generation]: ...
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class SessionEngine(TokenEngine, Protocol):
+    """A token engine that can carry conversations' state across calls."""
+
+    def session(self) -> TokenSession: ...
+
+
+class StatelessSession:
+    """A :class:`TokenSession` that keeps nothing: every call sends the whole prompts."""
+
+    def __init__(self, engine: TokenEngine) -> None:
+        self.engine = engine
+
+    def generate(
+        self,
+        prompts: list[list[int]],
+        sampling: SamplingConfig,
+        return_logprobs: bool = False,
+        *,
+        keys: Sequence[Hashable],
+    ) -> list[Generation]:
+        return self.engine.generate(prompts, sampling, return_logprobs)
+
+    def close(self) -> None:
+        pass
+
+
+def open_session(engine: TokenEngine) -> TokenSession:
+    """The engine's own session when it can carry state across calls, else a stateless one."""
+    if isinstance(engine, SessionEngine):
+        return engine.session()
+    return StatelessSession(engine)

@@ -5,19 +5,23 @@ needs three things ``generate`` does not promise together: the sampling distribu
 ``temperature`` and ``top_p`` (``generate`` silently fills unset knobs such as ``top_k`` or
 ``repetition_penalty`` from the checkpoint's generation_config), each request draws from its own
 seeded random stream (so a completion does not depend on the batch it landed in), and the
-log-probability of every sampled token comes from the very distribution it was drawn from.
+log-probability of every sampled token comes from the very distribution it was drawn from. A
+fourth comes with sessions: a conversation's KV cache is kept from one turn to the next, so a
+multi-turn rollout prefills only each turn's new tokens instead of the whole conversation.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from numbers import Integral
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from rl2f.config import SamplingConfig
 from rl2f.engines import check_conversations, request_seed
@@ -209,13 +213,139 @@ def _inference(model: PreTrainedModel) -> Iterator[None]:
         model.train(was_training)
 
 
+# ---------------------------------------------------------------- KV cache between calls
+def _reusable(cache: object) -> bool:
+    """Only a plain full-attention cache can be cut by row and column; any other kind (sliding
+    window, linear attention, quantised, ...) is rebuilt from the whole prompt on each call."""
+    return isinstance(cache, DynamicCache) and all(
+        type(layer) is DynamicLayer for layer in cache.layers
+    )
+
+
+def _pad_left(tensor: torch.Tensor, width: int, dim: int) -> torch.Tensor:
+    missing = width - tensor.shape[dim]
+    if missing == 0:
+        return tensor
+    shape = list(tensor.shape)
+    shape[dim] = missing
+    return torch.cat([tensor.new_zeros(shape), tensor], dim=dim)
+
+
+def _common_prefix(cached: list[int], prompt: list[int]) -> int:
+    length = 0
+    for mine, theirs in zip(cached, prompt, strict=False):
+        if mine != theirs:
+            break
+        length += 1
+    return length
+
+
+@dataclass
+class _Batch:
+    """Requests decoded together and, within a session, the KV cache they leave behind.
+
+    Cache column ``c`` holds one of row ``r``'s tokens where ``mask[r, c]`` is 1, and ``ids[r]``
+    lists those tokens in order. The other columns are holes: left padding, tokens fed after the
+    row stopped, tokens rewound, another batch's length after a merge. Positions count a row's own
+    tokens only, so holes change nothing the row sees.
+    """
+
+    keys: list[Hashable]
+    ids: list[list[int]]
+    mask: torch.Tensor  # (rows, cache columns), long
+    past: DynamicCache | None = None
+
+    @classmethod
+    def empty(cls, keys: list[Hashable], device: torch.device) -> _Batch:
+        mask = torch.zeros((len(keys), 0), dtype=torch.long, device=device)
+        return cls(keys, [[] for _ in keys], mask)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def keep(self, rows: list[int]) -> None:
+        """Keep only ``rows`` (by index), then drop the columns no remaining row uses."""
+        if len(rows) == len(self):
+            return
+        index = torch.tensor(rows, dtype=torch.long, device=self.mask.device)
+        self.keys = [self.keys[row] for row in rows]
+        self.ids = [self.ids[row] for row in rows]
+        self.mask = self.mask[index]
+        self._map_cache(lambda states: states[index])
+        used = self.mask.any(dim=0)
+        if not bool(used.all()):
+            columns = used.nonzero().flatten()
+            self.mask = self.mask[:, columns]
+            self._map_cache(lambda states: states[:, :, columns])
+
+    def absorb(self, other: _Batch) -> None:
+        """Take ``other``'s rows, left-padding the shorter cache with holes."""
+        width = max(self.mask.shape[1], other.mask.shape[1])
+
+        def stacked(mine: torch.Tensor, theirs: torch.Tensor, dim: int) -> torch.Tensor:
+            return torch.cat([_pad_left(mine, width, dim), _pad_left(theirs, width, dim)])
+
+        self.keys += other.keys
+        self.ids += other.ids
+        self.mask = stacked(self.mask, other.mask, 1)
+        assert self.past is not None and other.past is not None
+        for mine, theirs in zip(self.past.layers, other.past.layers, strict=True):
+            # Layer states are (rows, heads, columns, head size).
+            mine.keys = stacked(mine.keys, theirs.keys, 2)
+            mine.values = stacked(mine.values, theirs.values, 2)
+
+    def rewind(self, prompts: Sequence[list[int]]) -> list[int]:
+        """How many leading tokens of each prompt the cache already holds. Cached tokens that are
+        not a prefix of the prompt become holes, and the prompt's last token is always fed again
+        when nothing follows it: its logits are the next token's distribution."""
+        starts = []
+        for row, prompt in enumerate(prompts):
+            start = min(_common_prefix(self.ids[row], prompt), len(prompt) - 1)
+            if start < len(self.ids[row]):
+                columns = self.mask[row].nonzero().flatten()
+                self.mask[row, columns[start:]] = 0
+                self.ids[row] = self.ids[row][:start]
+            starts.append(start)
+        return starts
+
+    def remember(self, past: object, mask: torch.Tensor, ids: list[list[int]]) -> None:
+        if _reusable(past):
+            self.past, self.mask, self.ids = past, mask, ids  # type: ignore[assignment]
+        else:
+            self.forget()
+
+    def forget(self) -> None:
+        self.past = None
+        self.mask = self.mask.new_zeros((len(self), 0))
+        self.ids = [[] for _ in self.keys]
+
+    def _map_cache(self, change: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        if self.past is None:
+            return
+        for layer in self.past.layers:
+            layer.keys, layer.values = change(layer.keys), change(layer.values)
+
+
+def _pack(batches: list[_Batch], batch_size: int) -> list[_Batch]:
+    """Merge batches that shrank as episodes finished into fewer, fuller ones."""
+    packed: list[_Batch] = []
+    for batch in sorted(batches, key=len):
+        last = packed[-1] if packed else None
+        mergeable = last is not None and last.past is not None and batch.past is not None
+        if mergeable and len(last) + len(batch) <= batch_size:
+            last.absorb(batch)
+        else:
+            packed.append(batch)
+    return packed
+
+
 # ---------------------------------------------------------------- engine
 class TransformersEngine:
-    """A :class:`~rl2f.engines.base.TokenEngine` over a transformers causal LM.
+    """A :class:`~rl2f.engines.base.SessionEngine` over a transformers causal LM.
 
     Prompts are sorted by length and decoded in left-padded chunks of ``batch_size`` with a KV
     cache. Each request stops at its first stop token (kept in ``token_ids``) or after
-    ``max_new_tokens``.
+    ``max_new_tokens``. A :meth:`session` keeps each conversation's cache between calls.
     """
 
     def __init__(
@@ -264,24 +394,12 @@ class TransformersEngine:
         sampling: SamplingConfig,
         return_logprobs: bool = False,
     ) -> list[Generation]:
+        session = TransformersSession(self, carry=False)
+        return session.generate(prompts, sampling, return_logprobs, keys=range(len(prompts)))
+
+    def session(self) -> TransformersSession:
         self._check_open()
-        check_prompts(prompts, sampling.max_new_tokens, self.vocab_size, self.context_length)
-        results: dict[int, Generation] = {}
-        # Similar lengths share a chunk, so little compute goes to padding; per-request seeds make
-        # the reordering invisible in the results.
-        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-        with _inference(self.model):
-            for start in range(0, len(order), self.batch_size):
-                chunk = order[start : start + self.batch_size]
-                generations = self._generate_chunk(
-                    [prompts[i] for i in chunk],
-                    [request_seed(sampling.seed, i) for i in chunk],
-                    sampling,
-                    return_logprobs,
-                )
-                for i, generation in zip(chunk, generations, strict=True):
-                    results[i] = generation
-        return [results[i] for i in range(len(prompts))]
+        return TransformersSession(self)
 
     def chat(self, conversations: list[list[Message]], sampling: SamplingConfig) -> list[str]:
         self._check_open()
@@ -300,28 +418,31 @@ class TransformersEngine:
                 torch.cuda.empty_cache()
 
     # ------------------------------------------------------------ decoding
-    def _generate_chunk(
+    def _new_batches(self, prompts: Sequence[list[int]], keys: Sequence[Hashable]) -> list[_Batch]:
+        """Requests with nothing cached, in batches of ``batch_size``. Similar lengths share a
+        batch, so little compute goes to padding; per-request seeds make the reordering
+        invisible in the results."""
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        return [
+            _Batch.empty([keys[i] for i in order[start : start + self.batch_size]], self.device)
+            for start in range(0, len(order), self.batch_size)
+        ]
+
+    def _decode(
         self,
+        batch: _Batch,
         prompts: Sequence[list[int]],
         seeds: Sequence[int],
         sampling: SamplingConfig,
         return_logprobs: bool,
     ) -> list[Generation]:
-        batch, width = len(prompts), max(len(p) for p in prompts)
-        input_ids = torch.full((batch, width), self.pad_id, dtype=torch.long)
-        attention_mask = torch.zeros((batch, width), dtype=torch.long)
-        for row, ids in enumerate(prompts):
-            input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
-            attention_mask[row, width - len(ids) :] = 1
-        input_ids = input_ids.to(self.device)
-        attention_mask = attention_mask.to(self.device)
-        # Left padding shifts every real token right; positions must count real tokens only so a
-        # prompt sees the same rotary positions batched as alone.
-        position_ids = (attention_mask.cumsum(dim=-1) - 1).clamp(min=0)
+        """Feed each row what its cache lacks of its prompt, sample, and leave in ``batch`` the
+        cache of every token fed."""
+        input_ids, new_mask, position_ids = self._prompt_block(prompts, batch.rewind(prompts))
+        attention_mask = torch.cat([batch.mask, new_mask], dim=1)
         next_positions = position_ids[:, -1:] + 1
-
         stop_ids = torch.tensor(sorted(self.stop_ids), dtype=torch.long, device=self.device)
-        finished = torch.zeros(batch, dtype=torch.bool, device=self.device)
+        running = torch.ones(len(prompts), dtype=torch.bool, device=self.device)
         sampled: list[torch.Tensor] = []
         sampled_log_probs: list[torch.Tensor] = []
 
@@ -329,21 +450,25 @@ class TransformersEngine:
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
+            past_key_values=batch.past,
             use_cache=True,
             logits_to_keep=1,
         )
         noise = self._noise(seeds, sampling, outputs.logits.shape[-1])
         for step in range(sampling.max_new_tokens):
             log_probs = sampling_log_probs(outputs.logits[:, -1, :], sampling)
-            step_noise = noise.at(step, ~finished) if noise is not None else None
-            tokens = _draw(log_probs, step_noise).masked_fill(finished, self.pad_id)
+            step_noise = noise.at(step, running) if noise is not None else None
+            tokens = _draw(log_probs, step_noise).masked_fill(~running, self.pad_id)
             sampled.append(tokens)
             if return_logprobs:
                 sampled_log_probs.append(log_probs.gather(-1, tokens[:, None]).squeeze(-1))
-            finished |= torch.isin(tokens, stop_ids)
-            if step + 1 == sampling.max_new_tokens or bool(finished.all()):
+            # A token is the row's own (stop token included) if the row was still running; the
+            # padding fed to stopped rows becomes a hole in their cache.
+            fed_mask = running.long()[:, None]
+            running = running & ~torch.isin(tokens, stop_ids)
+            if step + 1 == sampling.max_new_tokens or not bool(running.any()):
                 break
-            attention_mask = torch.cat([attention_mask, attention_mask.new_ones(batch, 1)], dim=-1)
+            attention_mask = torch.cat([attention_mask, fed_mask], dim=1)
             outputs = self.model(
                 input_ids=tokens[:, None],
                 attention_mask=attention_mask,
@@ -355,12 +480,38 @@ class TransformersEngine:
 
         token_rows = torch.stack(sampled, dim=1).tolist()
         log_prob_rows = (
-            torch.stack(sampled_log_probs, dim=1).tolist() if return_logprobs else [None] * batch
+            torch.stack(sampled_log_probs, dim=1).tolist()
+            if return_logprobs
+            else [None] * len(prompts)
         )
-        return [
+        generations = [
             self._finish(tokens, log_probs)
             for tokens, log_probs in zip(token_rows, log_prob_rows, strict=True)
         ]
+        fed = len(sampled) - 1  # the last token sampled was never fed to the model
+        batch.remember(
+            outputs.past_key_values,
+            attention_mask,
+            [list(p) + g.token_ids[:fed] for p, g in zip(prompts, generations, strict=True)],
+        )
+        return generations
+
+    def _prompt_block(
+        self, prompts: Sequence[list[int]], starts: Sequence[int]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Input ids, attention mask and position ids of the prompt tokens not cached yet,
+        left-padded so every row's last prompt token is in the last column."""
+        suffixes = [prompt[start:] for prompt, start in zip(prompts, starts, strict=True)]
+        rows, width = len(suffixes), max(len(ids) for ids in suffixes)
+        input_ids = torch.full((rows, width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((rows, width), dtype=torch.long)
+        for row, ids in enumerate(suffixes):
+            input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+            mask[row, width - len(ids) :] = 1
+        # Positions count real tokens only, those cached included, so a prompt sees the same
+        # rotary positions batched, padded or continued as it would alone.
+        positions = (mask.cumsum(dim=-1) - 1).clamp(min=0) + torch.tensor(starts)[:, None]
+        return input_ids.to(self.device), mask.to(self.device), positions.to(self.device)
 
     def _noise(
         self, seeds: Sequence[int], sampling: SamplingConfig, vocab_size: int
@@ -390,3 +541,76 @@ class TransformersEngine:
     def _check_open(self) -> None:
         if self._closed:
             raise UserError("transformers engine: used after close()")
+
+
+class TransformersSession:
+    """A :class:`~rl2f.engines.base.TokenSession`: each conversation keeps its KV cache between
+    calls, so a later turn prefills only the tokens added since (the end of the last attempt,
+    the feedback, the assistant header).
+
+    A conversation stays in the batch it started in; batches that shrink as conversations end
+    are merged. The results equal :meth:`TransformersEngine.generate` on the whole prompts up to
+    float rounding: a cached key or value was computed one token at a time instead of in one
+    prefill. ``carry=False`` forgets every cache after use (what ``generate`` does).
+    """
+
+    def __init__(self, engine: TransformersEngine, *, carry: bool = True) -> None:
+        self.engine = engine
+        self.carry = carry
+        self._batches: list[_Batch] = []
+
+    def generate(
+        self,
+        prompts: list[list[int]],
+        sampling: SamplingConfig,
+        return_logprobs: bool = False,
+        *,
+        keys: Sequence[Hashable],
+    ) -> list[Generation]:
+        engine = self.engine
+        engine._check_open()
+        keys = list(keys)
+        if len(keys) != len(prompts) or len(set(keys)) != len(keys):
+            raise ValueError(f"expected {len(prompts)} distinct keys, one per prompt")
+        check_prompts(prompts, sampling.max_new_tokens, engine.vocab_size, engine.context_length)
+        index = {key: i for i, key in enumerate(keys)}
+        results: list[Generation] = [None] * len(prompts)  # type: ignore[list-item]
+        with _inference(engine.model):
+            batches = self._carried(index)
+            cached = {key for batch in batches for key in batch.keys}
+            fresh = [i for i, key in enumerate(keys) if key not in cached]
+            batches += engine._new_batches([prompts[i] for i in fresh], [keys[i] for i in fresh])
+            for batch in batches:
+                rows = [index[key] for key in batch.keys]
+                generations = engine._decode(
+                    batch,
+                    [prompts[i] for i in rows],
+                    [request_seed(sampling.seed, i) for i in rows],
+                    sampling,
+                    return_logprobs,
+                )
+                for i, generation in zip(rows, generations, strict=True):
+                    results[i] = generation
+                if not self.carry:
+                    batch.forget()
+        self._batches = batches if self.carry else []
+        return results
+
+    def close(self) -> None:
+        self._batches = []
+
+    def __enter__(self) -> TransformersSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _carried(self, index: dict[Hashable, int]) -> list[_Batch]:
+        """The batches of conversations asked for again, without the ones that ended."""
+        kept = []
+        for batch in self._batches:
+            rows = [row for row, key in enumerate(batch.keys) if key in index]
+            if rows:
+                batch.keep(rows)
+                kept.append(batch)
+        return _pack(kept, self.engine.batch_size)
