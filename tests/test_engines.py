@@ -374,6 +374,25 @@ def test_a_session_needs_one_distinct_key_per_prompt(
         session.generate(prompts[:2], GREEDY, keys=[0, 1])
 
 
+def test_decoding_writes_into_room_reserved_at_the_prefill(
+    engine: TransformersEngine, prompts: list[list[int]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cache grows once per call, not once per step: concatenating every step copies the
+    whole cache each time."""
+    grown: list[int] = []
+    with_room = transformers_engine._with_room
+
+    def counted(states: torch.Tensor, used: int, columns: int) -> torch.Tensor:
+        grown.append(columns)
+        return with_room(states, used, columns)
+
+    monkeypatch.setattr(transformers_engine, "_with_room", counted)
+    sampling = SamplingConfig(temperature=0.0, max_new_tokens=12)
+    engine.generate(prompts[:4], sampling)  # one batch
+    layers = engine.model.config.num_hidden_layers
+    assert grown == [max(len(p) for p in prompts[:4]) + 12] * (2 * layers)
+
+
 def test_engines_without_sessions_get_a_stateless_one(engine: TransformersEngine, prompts):
     assert isinstance(engine, SessionEngine)
     assert isinstance(open_session(engine), TransformersSession)

@@ -12,7 +12,16 @@ import hashlib
 from typing import TYPE_CHECKING
 
 from rl2f.config import EngineConfig
-from rl2f.engines.base import ChatEngine, Generation, Message, TokenEngine
+from rl2f.engines.base import (
+    ChatEngine,
+    Generation,
+    Message,
+    SessionEngine,
+    StatelessSession,
+    TokenEngine,
+    TokenSession,
+    open_session,
+)
 from rl2f.errors import UserError
 
 if TYPE_CHECKING:
@@ -22,9 +31,13 @@ __all__ = [
     "ChatEngine",
     "Generation",
     "Message",
+    "SessionEngine",
+    "StatelessSession",
     "TokenEngine",
+    "TokenSession",
     "check_conversations",
     "make_engine",
+    "open_session",
     "request_seed",
 ]
 
