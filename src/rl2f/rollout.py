@@ -194,9 +194,9 @@ def run_episodes(
     bar = tqdm(total=len(running), desc="episodes", unit="ep", disable=not progress)
     # The session keeps each conversation's state in the student between turns (its KV cache
     # for a transformers student), so a later turn reads only its new tokens.
-    session = closing(open_session(student))
+    student_session = open_session(student)
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="verify")
-    with pool, bar, session as student_session:
+    with pool, bar, closing(student_session):
         for turn in range(1, max_turns + 1):
             running = _end_overlong(running, sampling, context_length, bar)
             if not running:
