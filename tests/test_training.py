@@ -212,6 +212,30 @@ def test_per_turn_credit_matches_a_hand_computation() -> None:
     assert advantages[0, 0] < advantages[0, 5]
 
 
+def _attempt(error: float | None) -> Turn:
+    correct = error == 0
+    return Turn(
+        role="student",
+        text="a",
+        token_ids=[1],
+        correct=correct,
+        diagnostics={"numeric_error": error},
+    )
+
+
+def test_progress_reward_pays_a_wrong_attempt_for_moving_towards_the_answer() -> None:
+    """With a progress weight, a wrong attempt after a wrong one earns +w when nearer the
+    correct value, -w when farther or no longer a number; a right one earns its plain return."""
+    critique = _turn("teacher", 1)
+    closer = _episode([_attempt(7), critique, _attempt(-2), critique, _attempt(0)], 3, 0)
+    farther = _episode([_attempt(3), critique, _attempt(-5), critique, _attempt(None)], None, 1)
+    assert turn_returns(closer, 0.0, progress=0.25) == [0.0, 0.25, 1.0]
+    assert turn_returns(farther, 0.0, progress=0.25) == [0.0, -0.25, -0.25]
+    assert turn_returns(closer, 0.0) == [0.0, 0.0, 1.0], "no progress term unless asked"
+    same = _episode([_attempt(4), critique, _attempt(-4)], None, 2)
+    assert turn_returns(same, 0.5, progress=0.25) == [0.0, 0.0]
+
+
 def test_per_turn_credit_trainer_puts_turn_advantages_into_trls_loss(
     tmp_path: Path, coin_model_dir: Path
 ) -> None:
@@ -220,7 +244,13 @@ def test_per_turn_credit_trainer_puts_turn_advantages_into_trls_loss(
     assert type(trainer).__name__ == "PerTurnCreditGRPOTrainer"
     batch = one_batch(trainer, rollout, cfg, "rl2f")
     width = batch["completion_ids"].shape[1]
-    expected = per_turn_advantages(rollout.last_episodes, GAMMA, 4, width)
+    expected = per_turn_advantages(
+        rollout.last_episodes,
+        cfg.train.credit_discount,
+        4,
+        width,
+        progress=cfg.train.progress_reward,
+    )
     assert batch["advantages"].shape == (8, width)
     assert torch.equal(batch["advantages"], expected)
     assert expected.abs().sum() > 0

@@ -190,6 +190,14 @@ class TrainConfig(Strict):
         "0 rewards a turn only for being right itself, so a wrong answer is never reinforced "
         "for the fix that the critique brought about",
     )
+    progress_reward: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description="with per_turn_credit: a wrong attempt after a wrong one earns +this when its "
+        "answer is closer to the correct value than the one before, -this when farther; a dense "
+        "signal for reading a critique (numeric answers only; 0 turns it off)",
+    )
     fading_teacher: bool = False
     lora: bool = False
     lora_r: int = Field(default=16, ge=1)

@@ -34,7 +34,7 @@ from typing import Any
 import torch
 
 from rl2f.config import Config, EngineConfig, TeacherConfig
-from rl2f.episodes import Episode
+from rl2f.episodes import Episode, Turn
 from rl2f.errors import UserError
 from rl2f.tasks.schema import Task
 from rl2f.training.checkpoints import (
@@ -153,16 +153,42 @@ def teacher_level(cfg: Config, progress: float) -> str:
     return level
 
 
-def turn_returns(episode: Episode, gamma: float) -> list[float]:
+def turn_returns(episode: Episode, gamma: float, progress: float = 0.0) -> list[float]:
     """Per-turn credit: the return seen from each student turn. An early wrong turn that the
-    student later fixed earns gamma^(distance to the fix), not the whole conversation reward."""
-    turns = len(episode.student_turns)
-    if episode.solved_at is None:
-        return [0.0] * turns
-    return [
-        gamma ** (episode.solved_at - t) if t <= episode.solved_at else 0.0
-        for t in range(1, turns + 1)
+    student later fixed earns gamma^(distance to the fix), not the whole conversation reward.
+
+    ``progress`` > 0 adds a dense term for what a critique asks of the next attempt: a wrong
+    attempt after a wrong one earns +progress when its answer is closer to the correct value
+    (the verifier's ``numeric_error``), -progress when it is farther or no longer a number.
+    """
+    students = episode.student_turns
+    returns = [
+        gamma ** (episode.solved_at - t) if episode.solved_at and t <= episode.solved_at else 0.0
+        for t in range(1, len(students) + 1)
     ]
+    if progress:
+        for t in range(1, len(students)):
+            if not students[t].correct:
+                returns[t] += progress * _closer(students[t - 1], students[t])
+    return returns
+
+
+def _closer(before: Turn, after: Turn) -> int:
+    """+1 when ``after`` is nearer the correct value than ``before``, -1 when farther (or it
+    lost the number), 0 when neither can be told."""
+    old, new = _abs_error(before), _abs_error(after)
+    if new is None:
+        return -1 if old is not None else 0
+    if old is None:
+        return 1
+    return (new < old) - (new > old)
+
+
+def _abs_error(turn: Turn) -> float | None:
+    error = turn.diagnostics.get("numeric_error")
+    if isinstance(error, int | float) and not isinstance(error, bool) and math.isfinite(error):
+        return abs(error)
+    return None
 
 
 def token_turn_index(episode: Episode) -> list[int]:
@@ -185,7 +211,11 @@ def _normalised(values: Sequence[float]) -> list[float]:
 
 
 def per_turn_advantages(
-    episodes: Sequence[Episode], gamma: float, num_generations: int, width: int
+    episodes: Sequence[Episode],
+    gamma: float,
+    num_generations: int,
+    width: int,
+    progress: float = 0.0,
 ) -> torch.Tensor:
     """Token-level advantages of shape (episodes, width) for per-turn credit.
 
@@ -196,7 +226,7 @@ def per_turn_advantages(
     if len(episodes) % num_generations:
         raise ValueError(f"{len(episodes)} episodes do not split into groups of {num_generations}")
     advantages = torch.zeros(len(episodes), width)
-    returns = [turn_returns(episode, gamma) for episode in episodes]
+    returns = [turn_returns(episode, gamma, progress) for episode in episodes]
     student_turn = [
         torch.tensor(
             [
@@ -366,6 +396,7 @@ def make_trainer_class(per_turn_credit: bool):  # noqa: ANN201
                 rollout.cfg.train.credit_discount,
                 self.num_generations,
                 output["completion_ids"].shape[1],
+                progress=rollout.cfg.train.progress_reward,
             )
             output["advantages"] = advantages.to(output["advantages"].device)
             return output
