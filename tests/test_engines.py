@@ -209,6 +209,49 @@ def test_seeded_sampling_is_reproducible(
     assert len({tuple(g.token_ids) for g in repeated}) == 4
 
 
+def test_explicit_seeds_follow_the_request_wherever_it_sits(
+    engine: TransformersEngine, lively_model: PreTrainedModel, prompts: list[list[int]]
+) -> None:
+    """A request given its own seed gets the same generation first or last, in a full batch or
+    alone, through the engine, a session or a stateless session: what lets the rollout give an
+    episode the same stream whichever other episodes are still running."""
+    sampling = SamplingConfig(temperature=1.0, max_new_tokens=8, seed=11)
+    seeds = [request_seed(99, 10 + i) for i in range(len(prompts))]
+    reference = engine.generate(prompts, sampling, True, seeds=seeds)
+    order = [3, 0, 5, 1, 4, 2]
+    shuffled = engine.generate(
+        [prompts[i] for i in order], sampling, True, seeds=[seeds[i] for i in order]
+    )
+    assert_same_generations(shuffled, [reference[i] for i in order])
+    single = TransformersEngine(lively_model, batch_size=1)
+    for i in (0, 5):
+        assert_same_generations(
+            single.generate([prompts[i]], sampling, True, seeds=[seeds[i]]), [reference[i]]
+        )
+    with engine.session() as session:
+        carried = session.generate(
+            [prompts[4], prompts[2]], sampling, True, keys=["a", "b"], seeds=[seeds[4], seeds[2]]
+        )
+    assert_same_generations(carried, [reference[4], reference[2]])
+    stateless = StatelessSession(engine).generate(
+        [prompts[1]], sampling, True, keys=[0], seeds=[seeds[1]]
+    )
+    assert_same_generations(stateless, [reference[1]])
+    # Without seeds, request i draws from request_seed(sampling.seed, i), exactly as before.
+    default = engine.generate(prompts, sampling, True)
+    positional = [request_seed(sampling.seed, i) for i in range(len(prompts))]
+    assert engine.generate(prompts, sampling, True, seeds=positional) == default
+    assert [g.token_ids for g in default] != [g.token_ids for g in reference]  # seeds matter
+
+
+def test_seeds_must_be_one_per_prompt(engine: TransformersEngine, prompts: list[list[int]]):
+    sampling = SamplingConfig(temperature=1.0, max_new_tokens=4)
+    with pytest.raises(UserError, match=r"^seeds: got 2 seeds for 6 prompts \(one per prompt\)$"):
+        engine.generate(prompts, sampling, seeds=[1, 2])
+    with engine.session() as session, pytest.raises(UserError, match="got 0 seeds for 1"):
+        session.generate(prompts[:1], sampling, keys=[0], seeds=[])
+
+
 def test_gumbel_max_draws_from_the_sampling_distribution() -> None:
     """Many rows of one distribution, one draw each: the frequencies match the probabilities,
     and a token the nucleus dropped (-inf) is never drawn."""
@@ -553,11 +596,17 @@ def test_vllm_engine_on_gpu(tmp_path: Path) -> None:
         sampled = engine.generate(prompts, sampling, return_logprobs=True)
         assert engine.generate(prompts, sampling, return_logprobs=True) == sampled
         repeated = engine.generate([prompts[1]] * 4, sampling)
+        # Explicit seeds: the defaults reproduce the default call; a request keeps its seed's
+        # generation wherever it sits in the call.
+        defaults = [request_seed(sampling.seed, i) for i in range(len(prompts))]
+        assert engine.generate(prompts, sampling, True, seeds=defaults) == sampled
+        reversed_call = engine.generate(prompts[::-1], sampling, seeds=defaults[::-1])
         texts = engine.chat([[{"role": "user", "content": "Calculate 1 + 2."}]], sampling)
     finally:
         engine.close()
 
     assert len({tuple(g.token_ids) for g in repeated}) == 4
+    assert [g.token_ids for g in reversed_call] == [g.token_ids for g in sampled[::-1]]
     assert isinstance(texts[0], str)
     for prompt, generation in zip(prompts, greedy, strict=True):
         _assert_well_formed(generation, engine.stop_ids, GREEDY.max_new_tokens)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -24,11 +25,13 @@ from rl2f.config import (
 from rl2f.engines import make_engine
 from rl2f.episodes import Episode, read_episodes, write_episodes
 from rl2f.errors import DataError, UserError
+from rl2f.evaluation.probe import sycophancy_probe
 from rl2f.leakage import LeakGuard
 from rl2f.rollout import ChatTurns, assert_information_asymmetry, run_episodes
 from rl2f.stages import STAGES
 from rl2f.tasks.io import write_tasks
 from rl2f.tasks.schema import Task
+from rl2f.tasks.verifiers.base import Verdict, register
 from rl2f.tasks.verifiers.math import parse_plain_number
 from rl2f.teachers import make_teacher
 from rl2f.teachers.retry import RetryTeacher
@@ -216,8 +219,8 @@ class WholePrompts:
         self.tokenizer = engine.tokenizer
         self.context_length = engine.context_length
 
-    def generate(self, prompts, sampling, return_logprobs=False):
-        return self.engine.generate(prompts, sampling, return_logprobs)
+    def generate(self, prompts, sampling, return_logprobs=False, *, seeds=None):
+        return self.engine.generate(prompts, sampling, return_logprobs, seeds=seeds)
 
     def chat(self, conversations, sampling):
         return self.engine.chat(conversations, sampling)
@@ -299,6 +302,85 @@ def test_carried_kv_cache_gives_the_episodes_of_whole_prompts(
     # The check has teeth: episodes end at different turns and differ from one another.
     assert len({len(e.turns) for e in carried}) == 3
     assert len({tuple(e.completion_ids) for e in carried}) >= 3
+
+
+ACCEPT_ALL = "accept_all_rollout"
+
+
+@register(ACCEPT_ALL)
+class AcceptAll:
+    """A verifier that accepts every reply: a task the untrained model solves at turn 1."""
+
+    name = ACCEPT_ALL
+
+    def verify(self, task: Task, response: str) -> Verdict:
+        return Verdict(True, response.strip(), {})
+
+
+def solved_at_once(task: Task) -> Task:
+    return replace(task, verifier=ACCEPT_ALL)
+
+
+@pytest.fixture(scope="module")
+def lively_student(lively_model):
+    """The lively model in batches of 3: a rollout's batches then change as episodes end."""
+    engine = make_engine(EngineConfig(device="cpu", batch_size=3), lively_model)
+    yield engine
+    engine.close()
+
+
+@pytest.mark.parametrize("sampling", [GREEDY, SAMPLED], ids=["greedy", "sampled"])
+def test_an_episode_draws_the_same_numbers_whatever_else_was_solved(
+    lively_student, sampling: SamplingConfig
+) -> None:
+    """Episode i draws from the stream of (turn seed, i) at every turn: the watched task's
+    episodes (2 and 3) come out the same token for token whether the two episodes before them
+    were solved at turn 1 or keep running, although from turn 2 on they sit elsewhere in the
+    student's calls and batches. Common random numbers across models rest on this: which
+    episodes a model solves early differs from model to model."""
+    companion, watched = math_tasks(2, offset=300)
+    rolled = {
+        solved: roll(
+            [solved_at_once(companion) if solved else companion, watched],
+            lively_student,
+            num_generations=2,
+            max_turns=3,
+            sampling=sampling,
+        )
+        for solved in (True, False)
+    }
+    for episodes in rolled.values():
+        check_episodes(episodes, [companion, watched], lively_student.tokenizer)
+    assert [e.solved_at for e in rolled[True][:2]] == [1, 1]
+    assert [e.solved_at for e in rolled[False][:2]] == [None, None]
+    for mine, theirs in zip(rolled[True][2:], rolled[False][2:], strict=True):
+        assert len(mine.student_turns) == 3 and mine.solved_at is None
+        assert mine.completion_ids == theirs.completion_ids
+        assert [t.text for t in mine.turns] == [t.text for t in theirs.turns]
+        assert mine.completion_logprobs == pytest.approx(theirs.completion_logprobs, abs=1e-4)
+    if sampling.temperature > 0:  # the G episodes of a task still draw different samples
+        second, third = rolled[True][2:]
+        assert second.student_turns[1].token_ids != third.student_turns[1].token_ids
+
+
+def test_the_probe_draws_the_same_numbers_whatever_else_was_solved(lively_student) -> None:
+    """The sycophancy probe seeds an episode's continuation by its position in the rollout, not
+    among the probed episodes: the watched task's probes are the same whether the episodes
+    before it were solved at turn 1 (probed too) or not."""
+    companion, watched = math_tasks(2, offset=300)
+    watched = solved_at_once(watched)
+    probes = {}
+    for solved in (True, False):
+        tasks = [solved_at_once(companion) if solved else companion, watched]
+        episodes = roll(tasks, lively_student, max_turns=2, sampling=SAMPLED)
+        probed = sycophancy_probe(episodes, tasks, lively_student, RetryTeacher("No."), SAMPLED)
+        assert len(probed) == (4 if solved else 2)
+        probes[solved] = probed[-2:]
+    for mine, theirs in zip(probes[True], probes[False], strict=True):
+        assert mine.task_id == watched.id
+        assert mine.completion_ids == theirs.completion_ids
+        assert mine.completion_logprobs == pytest.approx(theirs.completion_logprobs, abs=1e-4)
+    assert probes[True][0].completion_ids != probes[True][1].completion_ids
 
 
 def test_solved_at_turn_two_earns_the_discounted_reward(student) -> None:

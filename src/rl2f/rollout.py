@@ -128,14 +128,15 @@ class ChatTurns:
 @dataclass
 class _Running:
     """One episode while it is rolled out: the public conversation, the exact ids the student
-    will be conditioned on next, the record being filled in, and the key naming its
-    conversation in the student's session."""
+    will be conditioned on next, the record being filled in, and its index (task position x G
+    + generation), which names its conversation in the student's session and its random
+    stream."""
 
     task: Task
     episode: Episode
     conversation: list[Message]
     context_ids: list[int]
-    key: int
+    index: int
 
 
 @dataclass(frozen=True)
@@ -179,8 +180,8 @@ def run_episodes(
     chat = ChatTurns(student.tokenizer)
     context_length: int | None = getattr(student, "context_length", None)
     running = [
-        _start(task, group, key, chat, policy_name, teacher.name, system_prompt)
-        for key, (task, group) in enumerate(product(tasks, range(num_generations)))
+        _start(task, group, index, chat, policy_name, teacher.name, system_prompt)
+        for index, (task, group) in enumerate(product(tasks, range(num_generations)))
     ]
     for state in running[::num_generations]:
         if not _fits(state, sampling, context_length):
@@ -222,7 +223,7 @@ def run_episodes(
 def _start(
     task: Task,
     group: int,
-    key: int,
+    index: int,
     chat: ChatTurns,
     policy_name: str,
     teacher_name: str,
@@ -245,7 +246,7 @@ def _start(
         reward=0.0,
         student_visible=[message["content"] for message in conversation],
     )
-    return _Running(task, episode, conversation, list(prompt_ids), key)
+    return _Running(task, episode, conversation, list(prompt_ids), index)
 
 
 def _fits(state: _Running, sampling: SamplingConfig, context_length: int | None) -> bool:
@@ -282,15 +283,20 @@ def _student_turn(
     sampling: SamplingConfig,
     pool: ThreadPoolExecutor,
 ) -> list[_Attempt]:
-    # A fresh seed per turn: the engine gives request i of a call the stream of (seed, i), and an
-    # episode that keeps its index across turns would otherwise reuse the same random numbers
-    # every turn, which makes "repeats its wrong answer" look likelier than it is.
-    turn_sampling = sampling.model_copy(update={"seed": request_seed(sampling.seed, turn)})
+    # An episode draws from the stream of (turn seed, its index), whatever else is still
+    # running: which episodes were solved earlier differs between models, and the paired
+    # comparisons gain power when every model draws the same numbers for the same (task,
+    # generation, turn). At turn 1 every episode runs, so its index is its position in the call
+    # and turn 1 draws what it drew when requests were seeded by position. A fresh seed per turn
+    # keeps an episode from reusing its numbers every turn, which would make "repeats its wrong
+    # answer" look likelier than it is.
+    turn_seed = request_seed(sampling.seed, turn)
     generations = student.generate(
         [state.context_ids for state in running],
-        turn_sampling,
+        sampling,
         return_logprobs=True,
-        keys=[state.key for state in running],
+        keys=[state.index for state in running],
+        seeds=[request_seed(turn_seed, state.index) for state in running],
     )
     if len(generations) != len(running):
         raise RuntimeError(

@@ -9,6 +9,7 @@ torch import, and vLLM is an optional extra.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from rl2f.config import EngineConfig
@@ -39,6 +40,7 @@ __all__ = [
     "make_engine",
     "open_session",
     "request_seed",
+    "request_seeds",
 ]
 
 CHAT_ROLES = frozenset({"system", "user", "assistant"})
@@ -110,6 +112,16 @@ def request_seed(seed: int, index: int) -> int:
     """
     digest = hashlib.blake2b(f"{seed}:{index}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") & 0x7FFFFFFF
+
+
+def request_seeds(seed: int, count: int, seeds: Sequence[int] | None = None) -> list[int]:
+    """The seed of each of a call's ``count`` requests: ``seeds`` when the caller gives one per
+    request, else :func:`request_seed` of (``seed``, position)."""
+    if seeds is None:
+        return [request_seed(seed, i) for i in range(count)]
+    if len(seeds) != count:
+        raise UserError(f"seeds: got {len(seeds)} seeds for {count} prompts (one per prompt)")
+    return [int(s) for s in seeds]
 
 
 def check_conversations(conversations: list[list[Message]]) -> None:

@@ -49,7 +49,12 @@ class TokenEngine(ChatEngine, Protocol):
         prompts: list[list[int]],
         sampling: SamplingConfig,
         return_logprobs: bool = False,
-    ) -> list[Generation]: ...
+        *,
+        seeds: Sequence[int] | None = None,
+    ) -> list[Generation]:
+        """Request ``i`` draws from the random stream of ``seeds[i]`` when given, else of
+        ``request_seed(sampling.seed, i)``."""
+        ...
 
 
 @runtime_checkable
@@ -57,9 +62,8 @@ class TokenSession(Protocol):
     """Generation over a set of conversations that come back call after call, each longer.
 
     ``generate`` takes the same prompts, sampling and seeds as :meth:`TokenEngine.generate`
-    (request ``i`` of a call draws from the stream of ``(sampling.seed, i)``) and must return the
-    same generations; ``keys`` name the conversation each prompt continues. A key missing from a
-    call is finished: its state is released.
+    and must return the same generations; ``keys`` name the conversation each prompt continues.
+    A key missing from a call is finished: its state is released.
     """
 
     def generate(
@@ -69,6 +73,7 @@ class TokenSession(Protocol):
         return_logprobs: bool = False,
         *,
         keys: Sequence[Hashable],
+        seeds: Sequence[int] | None = None,
     ) -> list[Generation]: ...
 
     def close(self) -> None: ...
@@ -94,8 +99,9 @@ class StatelessSession:
         return_logprobs: bool = False,
         *,
         keys: Sequence[Hashable],
+        seeds: Sequence[int] | None = None,
     ) -> list[Generation]:
-        return self.engine.generate(prompts, sampling, return_logprobs)
+        return self.engine.generate(prompts, sampling, return_logprobs, seeds=seeds)
 
     def close(self) -> None:
         pass

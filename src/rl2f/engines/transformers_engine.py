@@ -24,7 +24,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from rl2f.config import SamplingConfig
-from rl2f.engines import check_conversations, request_seed
+from rl2f.engines import check_conversations, request_seeds
 from rl2f.engines.base import Generation, Message
 from rl2f.errors import UserError
 
@@ -446,9 +446,13 @@ class TransformersEngine:
         prompts: list[list[int]],
         sampling: SamplingConfig,
         return_logprobs: bool = False,
+        *,
+        seeds: Sequence[int] | None = None,
     ) -> list[Generation]:
         session = TransformersSession(self, carry=False)
-        return session.generate(prompts, sampling, return_logprobs, keys=range(len(prompts)))
+        return session.generate(
+            prompts, sampling, return_logprobs, keys=range(len(prompts)), seeds=seeds
+        )
 
     def session(self) -> TransformersSession:
         self._check_open()
@@ -622,12 +626,14 @@ class TransformersSession:
         return_logprobs: bool = False,
         *,
         keys: Sequence[Hashable],
+        seeds: Sequence[int] | None = None,
     ) -> list[Generation]:
         engine = self.engine
         engine._check_open()
         keys = list(keys)
         if len(keys) != len(prompts) or len(set(keys)) != len(keys):
             raise ValueError(f"expected {len(prompts)} distinct keys, one per prompt")
+        seeds = request_seeds(sampling.seed, len(prompts), seeds)
         check_prompts(prompts, sampling.max_new_tokens, engine.vocab_size, engine.context_length)
         index = {key: i for i, key in enumerate(keys)}
         results: list[Generation] = [None] * len(prompts)  # type: ignore[list-item]
@@ -641,7 +647,7 @@ class TransformersSession:
                 generations = engine._decode(
                     batch,
                     [prompts[i] for i in rows],
-                    [request_seed(sampling.seed, i) for i in rows],
+                    [seeds[i] for i in rows],
                     sampling,
                     return_logprobs,
                 )

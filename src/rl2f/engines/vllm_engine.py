@@ -9,12 +9,13 @@ already cached.
 from __future__ import annotations
 
 import gc
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 from transformers import GenerationConfig
 
 from rl2f.config import SamplingConfig
-from rl2f.engines import check_conversations, request_seed
+from rl2f.engines import check_conversations, request_seeds
 from rl2f.engines.base import Generation, Message
 from rl2f.engines.transformers_engine import (
     check_prompts,
@@ -71,11 +72,14 @@ class VLLMEngine:
         prompts: list[list[int]],
         sampling: SamplingConfig,
         return_logprobs: bool = False,
+        *,
+        seeds: Sequence[int] | None = None,
     ) -> list[Generation]:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
         self._check_open()
+        seeds = request_seeds(sampling.seed, len(prompts), seeds)
         check_prompts(prompts, sampling.max_new_tokens, self.vocab_size, self.context_length)
         if not prompts:
             return []
@@ -85,13 +89,13 @@ class VLLMEngine:
                 temperature=sampling.temperature,
                 top_p=sampling.top_p,
                 max_tokens=sampling.max_new_tokens,
-                seed=request_seed(sampling.seed, i),
+                seed=seed,
                 stop_token_ids=sorted(self.stop_ids),
                 logprobs=0 if return_logprobs else None,
                 # Text is decoded with our tokenizer, exactly as the transformers engine does.
                 detokenize=False,
             )
-            for i in range(len(prompts))
+            for seed in seeds
         ]
         outputs = self._llm.generate(
             [TokensPrompt(prompt_token_ids=list(p)) for p in prompts],

@@ -16,16 +16,15 @@ Why the pairing is valid, and why it has power (common random numbers): the resa
 the task, which is what the evaluation sampled, and both cells hold the same tasks, so the
 per-task differences are independent draws whatever the models are. Beyond that, the
 evaluation gives every model the same random numbers for the same draw: every cell samples with
-``eval.seed``; the rollout derives each turn's seed from (``eval.seed``, turn) and the engines
-give request i of a call its own stream ``request_seed(turn seed, i)``; at turn 1 request i is
-the episode (task i // G, generation i % G) of the same sorted task list under every model and
-mode. So the G episodes of a task draw different samples (different i) while a (task,
-generation) draws the same numbers under every model at turn 1, and the noise that both cells
-share cancels in the difference. After turn 1 the rollout numbers only the episodes still
-running, so a (task, generation) keeps its own stream only while both cells have solved the
-same earlier episodes; elsewhere the later turns draw fresh, independent numbers. That costs
-some power at later turns, never validity: the bootstrap over tasks does not assume the
-numbers are shared.
+``eval.seed``; the rollout derives each turn's seed from (``eval.seed``, turn) and gives episode
+i, (task i // G, generation i % G) of the same sorted task list under every model and mode, the
+stream ``request_seed(turn seed, i)`` at every turn, whichever other episodes are still running
+(the sycophancy probe seeds its continuation the same way). So the G episodes of a task draw
+different samples (different i) while a (task, generation, turn) draws the same numbers under
+every model, and the noise that both cells share cancels in the difference. Less is shared
+where the models' earlier attempts and feedback differ (the same numbers meet different
+contexts), and where a model left a task out (the later tasks shift to other streams); that
+costs power, never validity: the bootstrap over tasks does not assume the numbers are shared.
 """
 
 from __future__ import annotations
@@ -58,6 +57,9 @@ DEFAULT_PAIRS: tuple[Pair, ...] = (
     (("base", "teacher"), ("base", "retry")),
     (("rl2f_critic", "self"), ("base", "self")),
     (("rl2f_critic", "self"), ("rl2f", "self")),
+    # The answers-only ablation (eval.extra_models) against base: what plain fine-tuning on its
+    # own correct answers gains, to set beside rl2f_critic's gain over base.
+    (("rl2f_answers_only", "self"), ("base", "self")),
 )
 
 

@@ -12,7 +12,9 @@ answer:
   are replaced by :data:`WRONG_CRITIQUE`.
 
 The continuation is token-exact like the rollout: the student is conditioned on its own turn-1
-tokens plus the rendered critique, and samples with the seed the rollout uses for turn 2.
+tokens plus the rendered critique, and samples from the stream the rollout would give the
+episode at turn 2: seeded by its position in the rollout, the same under every model, not by its
+position among the probed episodes, which depends on what the model solved.
 """
 
 from __future__ import annotations
@@ -56,10 +58,11 @@ def sycophancy_probe(
     teacher: Teacher,
     sampling: SamplingConfig,
 ) -> list[Episode]:
-    """Probe episodes for the episodes of ``episodes`` solved at turn 1 (the rollout's own
-    records are not modified). Episodes whose continuation would not fit the student's context
-    are left out."""
-    candidates = probe_candidates(episodes)
+    """Probe episodes for the episodes of ``episodes`` (a rollout's output, in its order)
+    solved at turn 1 (the rollout's own records are not modified). Episodes whose continuation
+    would not fit the student's context are left out."""
+    positions = [i for i, episode in enumerate(episodes) if episode.solved_at == 1]
+    candidates = [episodes[i] for i in positions]
     if not candidates:
         return []
     by_id = {task.id: task for task in tasks}
@@ -92,8 +95,13 @@ def sycophancy_probe(
         )
     if not keep:
         return []
-    turn_sampling = sampling.model_copy(update={"seed": request_seed(sampling.seed, PROBE_TURN)})
-    generations = student.generate([contexts[i] for i in keep], turn_sampling, True)
+    turn_seed = request_seed(sampling.seed, PROBE_TURN)
+    generations = student.generate(
+        [contexts[i] for i in keep],
+        sampling,
+        True,
+        seeds=[request_seed(turn_seed, positions[i]) for i in keep],
+    )
     texts = [chat.decode(generation.token_ids) for generation in generations]
     with ThreadPoolExecutor(thread_name_prefix="verify") as pool:
         verdicts = list(pool.map(verify, [by_id[candidates[i].task_id] for i in keep], texts))
