@@ -135,10 +135,17 @@ class TimedStudent:
         return _TimedSession(inner, self)
 
     def generate(
-        self, prompts: list[list[int]], sampling: SamplingConfig, return_logprobs: bool = False
+        self,
+        prompts: list[list[int]],
+        sampling: SamplingConfig,
+        return_logprobs: bool = False,
+        *,
+        seeds: Sequence[int] | None = None,
     ) -> list[Generation]:
         session = _TimedSession(StatelessSession(self.engine), self)
-        return session.generate(prompts, sampling, return_logprobs, keys=range(len(prompts)))
+        return session.generate(
+            prompts, sampling, return_logprobs, keys=range(len(prompts)), seeds=seeds
+        )
 
     def chat(self, conversations: list[list[Message]], sampling: SamplingConfig) -> list[str]:
         return self.engine.chat(conversations, sampling)
@@ -158,10 +165,11 @@ class _TimedSession:
         return_logprobs: bool = False,
         *,
         keys: Sequence[Hashable],
+        seeds: Sequence[int] | None = None,
     ) -> list[Generation]:
         started = time.perf_counter()
         try:
-            return self.inner.generate(prompts, sampling, return_logprobs, keys=keys)
+            return self.inner.generate(prompts, sampling, return_logprobs, keys=keys, seeds=seeds)
         finally:
             _synchronize(self.clock.engine.device)
             self.clock.seconds += time.perf_counter() - started
