@@ -13,7 +13,7 @@ export DO_NOT_TRACK := 1
 # dvc.yaml calls `rl2f`: the venv must come first on PATH.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: setup chromium run test test-fast lint compile lock clean
+.PHONY: setup chromium run seeds test test-fast lint compile lock clean
 
 setup: $(STAMP)
 
@@ -33,6 +33,19 @@ chromium:
 
 run: setup
 	$(VENV)/bin/dvc repro
+
+# The default run repeated over training seeds (the tiny model, GRPO, distillation; the
+# evaluation's tasks and random numbers stay fixed), each as a DVC experiment, then the spread
+# of the headline numbers in reports/seeds.md. About three times `make run`.
+SEEDS ?= 0 1 2
+seeds: setup
+	for seed in $(SEEDS); do \
+		$(VENV)/bin/dvc exp run -n seed-$$seed -S model.tiny.seed=$$seed -S train.seed=$$seed \
+			-S distill.seed=$$seed -S rollout.sampling.seed=$$seed && \
+		mkdir -p reports/seeds/$$seed && \
+		cp reports/metrics.json reports/comparisons.json reports/seeds/$$seed/ || exit 1; \
+	done
+	$(VENV)/bin/rl2f seeds $(addprefix reports/seeds/,$(SEEDS)) --out reports
 
 test: setup chromium
 	$(VENV)/bin/pytest -q -ra

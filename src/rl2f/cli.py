@@ -12,6 +12,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from rl2f.config import ConfigError, load_config
 from rl2f.errors import UserError
@@ -102,6 +103,21 @@ def _run_pipeline(args: argparse.Namespace) -> None:
         )
 
 
+def _seeds_parser(sub: argparse._SubParsersAction) -> None:
+    seeds = sub.add_parser(
+        "seeds", help="summarise runs repeated over training seeds (make seeds writes them)"
+    )
+    seeds.add_argument("runs", nargs="+", type=Path, help="folders with metrics/comparisons.json")
+    seeds.add_argument("--out", type=Path, default=Path("reports"), help="where seeds.md goes")
+
+
+def _run_seeds(args: argparse.Namespace) -> None:
+    from rl2f.evaluation.seeds import write_summary
+
+    write_summary(args.runs, args.out)
+    print((args.out / "seeds.md").read_text())
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rl2f", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -112,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
         parser_.set_defaults(stage=name)
     _pipeline_parser(sub)
     _cluster_parser(sub)
+    _seeds_parser(sub)
     return parser
 
 
@@ -127,6 +144,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             _run_pipeline(args)
         elif args.command == "cluster":
             _run_cluster(args)
+        elif args.command == "seeds":
+            _run_seeds(args)
         else:
             STAGES[args.stage].run(load_config(args.params, args.overrides, args.profile))
     except (ConfigError, UserError) as exc:
