@@ -156,6 +156,8 @@ def distill(
     policy: Input[Model],
     critic: Output[Model],
 ):
+    """The critic, or with ``distill.include_critiques=false`` in ``overrides`` the answers-only
+    ablation: one component, the model is written to ``critic`` either way."""
     from rl2f.pipeline_io import run_stage
 
     run_stage(
@@ -201,6 +203,7 @@ def report(
     single_turn_results: Input[Dataset],
     rl2f_results: Input[Dataset],
     critic_results: Input[Dataset],
+    answers_only_results: Input[Dataset],
     html: Output[HTML],
     markdown: Output[Markdown],
     metrics: Output[Metrics],
@@ -214,7 +217,13 @@ def report(
         params_yaml,
         overrides,
         parent_run_id,
-        [base_results.path, single_turn_results.path, rl2f_results.path, critic_results.path],
+        [
+            base_results.path,
+            single_turn_results.path,
+            rl2f_results.path,
+            critic_results.path,
+            answers_only_results.path,
+        ],
         html=html.path,
         markdown=markdown.path,
         metrics_json=metrics.path,

@@ -1,7 +1,7 @@
 """The RL2F workflow as a Kubeflow DAG:
 
-prepare -> validate -> bootstrap -> {train_rl2f, train_single_turn} -> rollout -> distill
--> evaluate (one task per model, in parallel) -> report
+prepare -> validate -> bootstrap -> {train_rl2f, train_single_turn} -> rollout
+-> {distill, distill answers_only} -> evaluate (one task per model, in parallel) -> report
 
 Pipeline parameters (shown in the Kubeflow UI) default to params.yaml as it was at compile time;
 ``compose_params`` applies them and validates the result before any expensive step starts.
@@ -17,6 +17,9 @@ from components import stages as c
 from pipelines.placement import CPU_STEP, GPU_STEP, place
 
 REPO = Path(__file__).resolve().parents[1]
+# The ablation that separates critique learning from plain fine-tuning on the policy's own
+# correct answers: distill without the critiques, evaluated as an extra model (eval.extra_models).
+ANSWERS_ONLY = "rl2f_answers_only"
 
 
 def default_params_yaml() -> str:
@@ -102,12 +105,22 @@ def rl2f_pipeline(
         ),
         GPU_STEP,
     )
+    answers_only = place(
+        c.distill(
+            **(common | {"overrides": ["distill.include_critiques=false"]}),
+            tasks=prepared.outputs["tasks"],
+            episodes=episodes.outputs["episodes"],
+            policy=trained["train_rl2f"].outputs["model"],
+        ),
+        GPU_STEP,
+    ).set_display_name("distill answers_only")
 
     models = {
         "base": base.outputs["model"],
         "single_turn": trained["train_single_turn"].outputs["model"],
         "rl2f": trained["train_rl2f"].outputs["model"],
         "rl2f_critic": critic.outputs["critic"],
+        ANSWERS_ONLY: answers_only.outputs["critic"],
     }
     results = {
         name: place(
@@ -123,6 +136,7 @@ def rl2f_pipeline(
             single_turn_results=results["single_turn"].outputs["results"],
             rl2f_results=results["rl2f"].outputs["results"],
             critic_results=results["rl2f_critic"].outputs["results"],
+            answers_only_results=results[ANSWERS_ONLY].outputs["results"],
         ),
         CPU_STEP,
     )

@@ -26,7 +26,7 @@ from training_helpers import (
 
 from rl2f.config import Config
 from rl2f.episodes import Episode, read_episodes
-from rl2f.errors import DataError
+from rl2f.errors import DataError, UserError
 from rl2f.tasks.schema import Task
 from rl2f.training.distill import (
     Example,
@@ -145,6 +145,47 @@ def test_episodes_of_unknown_tasks_or_without_critiques_are_data_errors(rolled_o
     assert examples and all(e.kind == "student" for e in examples)
     with pytest.raises(DataError, match="no critique examples"):
         train_critic(cfg, examples, cfg.train.rl2f_dir)
+
+
+def with_distill(cfg: Config, **update: object) -> Config:
+    return cfg.model_copy(update={"distill": cfg.distill.model_copy(update=update)})
+
+
+def test_answers_only_ablation_trains_on_the_solving_turns_alone(rolled_out, tmp_path) -> None:
+    """include_critiques=false: plain fine-tuning on its own correct answers, which must not
+    stop for want of critique examples."""
+    from rl2f.training.distill import train_critic
+
+    _, cfg, episodes, tasks = rolled_out
+    ablation = with_distill(
+        cfg, include_critiques=False, steps=1, out_dir=str(tmp_path / "rl2f_answers_only")
+    )
+    examples = build_examples(ablation, episodes, tasks)
+    solved = sum(e.solved_at is not None for e in episodes)
+    assert solved and len(examples) == solved
+    assert all(e.kind == "student" for e in examples)
+    for example in examples:
+        assert_example_is_public(example, tasks[example.task_id], episodes)
+    summary = train_critic(ablation, examples, cfg.train.rl2f_dir)
+    assert summary["examples"] == {"critique": 0, "student": solved}
+    assert (tmp_path / "rl2f_answers_only" / "config.json").exists()
+
+
+def test_answers_only_without_solved_episodes_or_without_any_kind_fails_clearly(
+    rolled_out,
+) -> None:
+    from rl2f.training.distill import train_critic
+
+    _, cfg, episodes, tasks = rolled_out
+    ablation = with_distill(cfg, include_critiques=False)
+    unsolved = [e for e in episodes if e.solved_at is None]
+    examples = build_examples(ablation, unsolved, tasks)
+    assert examples == []
+    with pytest.raises(DataError, match="no distillation examples .*include_critiques is false"):
+        train_critic(ablation, examples, cfg.train.rl2f_dir)
+    nothing = with_distill(cfg, include_critiques=False, include_student_turns=False)
+    with pytest.raises(UserError, match="both false: nothing to train on"):
+        build_examples(nothing, episodes, tasks)
 
 
 class RecordingEngine:

@@ -62,10 +62,14 @@ def test_dvc_repro_produces_every_output(dvc_repo: tuple[Path, dict[str, str]]) 
     root, env = dvc_repo
     for split in ("train", "eval_id", "eval_ood"):
         assert (root / "data" / "tasks" / f"{split}.parquet").exists()
-    for model in ("base", "rl2f", "single_turn", "rl2f_critic"):
+    for model in ("base", "rl2f", "single_turn", "rl2f_critic", "rl2f_answers_only"):
         assert (root / "models" / model / "config.json").exists(), model
     metrics = json.loads((root / "reports" / "metrics.json").read_text())
-    assert {"base", "single_turn", "rl2f", "rl2f_critic"} <= set(metrics)
+    assert {"base", "single_turn", "rl2f", "rl2f_critic", "rl2f_answers_only"} <= set(metrics)
+    # The ablation trained on the student's correct answers alone, and was evaluated in self mode.
+    ablation = json.loads((root / "models/rl2f_answers_only/distill_summary.json").read_text())
+    assert ablation["examples"]["critique"] == 0 and ablation["examples"]["student"] > 0
+    assert {mode for split in metrics["rl2f_answers_only"].values() for mode in split} == {"self"}
     assert (root / "reports" / "report.html").stat().st_size > 1000
     status = _run(str(BIN / "dvc"), "status", cwd=root, env=env).stdout
     assert "up to date" in status.lower()

@@ -19,7 +19,13 @@ from rl2f.errors import UserError
 from rl2f.evaluation.episode_files import read_model_cells
 from rl2f.evaluation.metrics import abandoned
 from rl2f.evaluation.probe import PROBE_TEACHER, WRONG_CRITIQUE, sycophancy_probe
-from rl2f.evaluation.runner import check_modes, load_eval_splits, model_sources, select_tasks
+from rl2f.evaluation.runner import (
+    check_modes,
+    load_eval_splits,
+    model_sources,
+    modes_for_model,
+    select_tasks,
+)
 from rl2f.evaluation.schema import read_metrics
 from rl2f.leakage import LeakGuard
 from rl2f.rollout import ChatTurns, run_episodes
@@ -86,9 +92,8 @@ def test_model_sources_resolve_and_name_what_is_missing(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="neither a directory nor a hub id"):
         model_sources(config(tmp_path, "eval.models=[]", "eval.extra_models={x: ./no/such/dir}"))
     # A real student named in params replaces the bootstrapped base: no local dir needed.
-    assert model_sources(config(tmp_path, "eval.models=[base]", "model.student=org/model")) == {
-        "base": "org/model"
-    }
+    only_base = config(tmp_path, "eval.models=[base]", "eval.extra_models={}", "model.student=o/m")
+    assert model_sources(only_base) == {"base": "o/m"}
 
 
 def test_llm_mode_needs_a_configured_teacher(tmp_path: Path) -> None:
@@ -96,6 +101,22 @@ def test_llm_mode_needs_a_configured_teacher(tmp_path: Path) -> None:
         check_modes(config(tmp_path, "eval.feedback_modes=[teacher,llm]"))
     cfg = config(tmp_path, "eval.feedback_modes=[teacher,llm,teacher]", "teacher.model=m")
     assert check_modes(cfg) == ["teacher", "llm"]
+
+
+def test_extra_models_run_only_under_extra_model_modes(tmp_path: Path) -> None:
+    """The shipped params evaluate the answers-only ablation in self mode only; built-in models
+    keep every mode, and an empty list gives extras every mode too."""
+    cfg = config(tmp_path)
+    assert cfg.eval.extra_models == {"rl2f_answers_only": "models/rl2f_answers_only"}
+    modes = check_modes(cfg)
+    assert modes_for_model(cfg, "rl2f_answers_only", modes) == ["self"]
+    assert modes_for_model(cfg, "rl2f_critic", modes) == modes
+    everything = config(tmp_path, "eval.extra_model_modes=[]")
+    assert modes_for_model(everything, "rl2f_answers_only", modes) == modes
+    with pytest.raises(UserError, match=r"eval.extra_model_modes: none of \['self'\]"):
+        modes_for_model(
+            config(tmp_path, "eval.feedback_modes=[teacher]"), "rl2f_answers_only", ["teacher"]
+        )
 
 
 def test_splits_are_eval_id_plus_one_per_ood_domain(tmp_path: Path) -> None:
@@ -224,6 +245,7 @@ def test_evaluate_end_to_end(workspace: Path) -> None:
         REPO / "params.yaml",
         [
             "eval.models=[base,rl2f]",
+            "eval.extra_models={}",
             "eval.max_tasks=4",
             "eval.max_turns_id=2",
             "eval.bootstrap_samples=20",

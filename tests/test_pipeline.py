@@ -53,7 +53,9 @@ def test_compiled_pipeline_parses_into_kfp_protos() -> None:
     for stage in ("prepare", "validate", "bootstrap", "rollout", "distill", "report"):
         assert stage in tasks
     evaluations = [name for name in tasks if name.startswith("evaluate")]
-    assert len(evaluations) == 4  # one per model, in parallel
+    assert len(evaluations) == 5  # one per model (the answers-only ablation too), in parallel
+    distills = [name for name in tasks if name.startswith("distill")]
+    assert len(distills) == 2  # the critic and the answers-only ablation
     executors = spec.deployment_spec["executors"]
     images = {e["container"]["image"] for e in executors.values()}
     assert len(images) == 1  # every step runs in the project image
@@ -91,6 +93,9 @@ def test_compiled_pipeline_runs_under_kfp_local(tmp_path: Path) -> None:
     metrics = [p for p in root.rglob("metrics") if p.is_file()]
     merged = [json.loads(p.read_text()) for p in metrics]
     assert any({"base", "rl2f"} <= set(m) for m in merged)
+    # The ablation is evaluated by its own task in self mode only, and merged into the report.
+    (report,) = [m for m in merged if "rl2f_answers_only" in m and "base" in m]
+    assert {mode for split in report["rl2f_answers_only"].values() for mode in split} == {"self"}
 
     from mlflow.tracking import MlflowClient
 

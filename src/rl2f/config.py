@@ -209,15 +209,28 @@ class TrainConfig(Strict):
 
 
 class DistillConfig(Strict):
-    episodes_dir: str = "data/episodes/train"
-    out_dir: str = "models/rl2f_critic"
-    only_followed_by_fix: bool = True
-    include_student_turns: bool = True
-    steps: int = Field(default=60, ge=1)
-    batch_size: int = Field(default=16, ge=1)
+    episodes_dir: str = Field(
+        default="data/episodes/train", description="the RL2F policy's episodes (rl2f rollout)"
+    )
+    out_dir: str = Field(default="models/rl2f_critic", description="where the model is written")
+    only_followed_by_fix: bool = Field(
+        default=True, description="keep only critiques whose next attempt was correct"
+    )
+    include_critiques: bool = Field(
+        default=True,
+        description="train on the teacher's critiques (predicted from public context); false "
+        "leaves only the student's own correct answers: the plain self-fine-tuning ablation",
+    )
+    include_student_turns: bool = Field(
+        default=True,
+        description="also train on the solving turn of each solved episode, so the model keeps "
+        "its student skill",
+    )
+    steps: int = Field(default=60, ge=1, description="optimizer steps")
+    batch_size: int = Field(default=16, ge=1, description="examples per step, over all GPUs")
     learning_rate: float = Field(default=5e-4, gt=0)
-    save_steps: int = Field(default=20, ge=1)
-    seed: int = 0
+    save_steps: int = Field(default=20, ge=1, description="checkpoint interval (resume)")
+    seed: int = Field(default=0, description="example order and training seed")
 
 
 class EvalConfig(Strict):
@@ -225,6 +238,11 @@ class EvalConfig(Strict):
         default_factory=lambda: ["base", "single_turn", "rl2f", "rl2f_critic"]
     )
     extra_models: dict[str, str] = Field(default_factory=dict, description="name -> path or hub id")
+    extra_model_modes: list[Literal["teacher", "self", "retry", "llm"]] | None = Field(
+        default=None,
+        description="the feedback modes extra models are evaluated under (those of "
+        "eval.feedback_modes it names); empty or null = all of eval.feedback_modes",
+    )
     feedback_modes: list[Literal["teacher", "self", "retry", "llm"]] = Field(
         default_factory=lambda: ["teacher", "self", "retry"]
     )

@@ -191,13 +191,22 @@ def evaluate_one_model(
     model_path: str,
     results_path: str,
 ) -> None:
+    """Evaluate one model (a built-in, or an extra model such as the answers-only ablation) in
+    its own task; every other model has its own task too, so only this one runs here."""
+    if model_name in MODEL_DIRS:
+        model_dir = MODEL_DIRS[model_name]
+        only_this = [f"eval.models=[{model_name}]", "eval.extra_models={}"]
+    else:
+        # It stays an extra model, now found at its input artifact, so that
+        # eval.extra_model_modes still decides its feedback modes.
+        model_dir = f"models/{model_name}"
+        only_this = ["eval.models=[]", f"eval.extra_models={{{model_name}: {model_dir}}}"]
     run_stage(
         "evaluate",
         params_yaml,
-        # Extra models get their own evaluate task; here only this one model runs.
-        [*overrides, f"eval.models=[{model_name}]", "eval.extra_models={}"],
+        [*overrides, *only_this],
         parent_run_id,
-        inputs={"data/tasks": tasks_path, MODEL_DIRS[model_name]: model_path},
+        inputs={"data/tasks": tasks_path, model_dir: model_path},
         outputs={relative: f"{results_path}/{relative}" for relative in EVAL_OUTPUTS},
     )
 

@@ -141,6 +141,23 @@ def check_modes(cfg: Config) -> list[str]:
     return modes
 
 
+def modes_for_model(cfg: Config, name: str, modes: list[str]) -> list[str]:
+    """The feedback modes ``name`` is evaluated under: an extra model (``eval.extra_models``, e.g.
+    an ablation) gets only the ``modes`` that ``eval.extra_model_modes`` names, so it costs just
+    the cells its comparisons need; a built-in model, or any model when that list is empty,
+    gets them all."""
+    wanted = cfg.eval.extra_model_modes
+    if name not in cfg.eval.extra_models or not wanted:
+        return modes
+    chosen = [mode for mode in modes if mode in wanted]
+    if not chosen:
+        raise UserError(
+            f"eval.extra_model_modes: none of {wanted} is in eval.feedback_modes {modes} "
+            f"(extra model {name!r} would have no cell)"
+        )
+    return chosen
+
+
 class TeacherPool:
     """Builds each mode's teacher. The LLM teacher's engine is built once and shared by every
     evaluated model; the ``self`` teacher is the student being evaluated."""

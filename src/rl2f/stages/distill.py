@@ -3,7 +3,9 @@ so the ``self`` feedback mode can correct itself without a teacher.
 
 Reads the episodes of ``rl2f rollout`` (``distill.episodes_dir``), the task files (to check every
 example against its task's privileged answer) and the RL2F policy (``train.rl2f_dir``); writes the
-model with a ``distill_summary.json`` to ``distill.out_dir``.
+model with a ``distill_summary.json`` to ``distill.out_dir``. The same stage with
+``distill.include_critiques=false`` writes the answers-only ablation (dvc stage
+``distill_answers_only``, models/rl2f_answers_only).
 """
 
 from __future__ import annotations

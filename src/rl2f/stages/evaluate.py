@@ -1,4 +1,5 @@
-"""``rl2f evaluate``: every model on every evaluation split under every feedback mode.
+"""``rl2f evaluate``: every model on every evaluation split under every feedback mode (extra
+models only under ``eval.extra_model_modes``).
 
 Writes the episodes (``<eval.episodes_dir>/<model>/<split>/<mode>[.probe].parquet``), the
 metrics (``eval.metrics_path``, validated against ``metrics.schema.json``) and the DVC plot
@@ -27,6 +28,7 @@ from rl2f.evaluation.runner import (
     evaluate_model,
     load_eval_splits,
     model_sources,
+    modes_for_model,
 )
 from rl2f.evaluation.schema import validate_metrics
 from rl2f.tasks.io import atomic_write_text
@@ -84,12 +86,13 @@ def write_plots(plots_dir: Path, metrics: dict[str, Any]) -> list[Path]:
 
 def summary_table(metrics: dict[str, Any]) -> str:
     """Final-turn accuracy, one line per model and cell, for the terminal."""
-    lines = [f"{'model':<14} {'split':<12} {'mode':<8} {'n':>4} {'turn 1':>7} {'final':>7}"]
+    width = max([14, *map(len, metrics)])  # extra models' names may be longer
+    lines = [f"{'model':<{width}} {'split':<12} {'mode':<8} {'n':>4} {'turn 1':>7} {'final':>7}"]
     for model, splits in metrics.items():
         for split, modes in splits.items():
             for mode, cell in modes.items():
                 lines.append(
-                    f"{model:<14} {split:<12} {mode:<8} {cell['n']:>4} "
+                    f"{model:<{width}} {split:<12} {mode:<8} {cell['n']:>4} "
                     f"{cell['turn1_acc']:>7.3f} {cell['final_acc']:>7.3f}"
                 )
     return "\n".join(lines)
@@ -152,12 +155,14 @@ def evaluate_one(
 def run(cfg: Config) -> dict[str, Any]:
     sources = model_sources(cfg)
     modes = check_modes(cfg)
+    # Resolved up front so a bad eval.extra_model_modes fails before any model is evaluated.
+    model_modes = {name: modes_for_model(cfg, name, modes) for name in sources}
     splits = load_eval_splits(cfg)
     teachers = TeacherPool(cfg)
     metrics: dict[str, Any] = {}
     try:
         for name, source in sources.items():
-            results = evaluate_one(cfg, name, source, splits, modes, teachers)
+            results = evaluate_one(cfg, name, source, splits, model_modes[name], teachers)
             if results:
                 metrics[name] = results
             else:

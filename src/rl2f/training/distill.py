@@ -5,7 +5,9 @@ followed by the self-critique request; its target is the privileged teacher's cr
 privileged answer never enters an input: the teacher wrote the critique with it, but the leak
 guard already kept it out of the critique, and every example is checked again here. Student turns
 of solved episodes are mixed in so the model keeps its student skill. Loss falls on the target
-only (TRL's prompt/completion format with ``completion_only_loss``).
+only (TRL's prompt/completion format with ``completion_only_loss``). With
+``distill.include_critiques`` false only those student turns remain: plain fine-tuning on its own
+correct answers, the ablation that tells what critique learning adds beyond it.
 """
 
 from __future__ import annotations
@@ -110,6 +112,12 @@ def build_examples(
     """Every distillation example of ``episodes``, each checked by :func:`assert_public`."""
     from rl2f.leakage import LeakGuard
 
+    d = cfg.distill
+    if not d.include_critiques and not d.include_student_turns:
+        raise UserError(
+            "distill.include_critiques and distill.include_student_turns are both false: "
+            "nothing to train on"
+        )
     guard = LeakGuard()
     template = cfg.teacher.self_prompt_template
     examples: list[Example] = []
@@ -125,8 +133,10 @@ def build_examples(
                 f"{cfg.distill.episodes_dir}: episode {number}: its first prompt is not the "
                 f"prompt of task {task.id} (episodes and tasks come from different runs)"
             )
-        found = critique_examples(episode, task.prompt, template, cfg.distill.only_followed_by_fix)
-        if cfg.distill.include_student_turns:
+        found = []
+        if d.include_critiques:
+            found += critique_examples(episode, task.prompt, template, d.only_followed_by_fix)
+        if d.include_student_turns:
             found += student_examples(episode, task.prompt)
         for example in found:
             assert_public(example, task, guard, template)
@@ -226,7 +236,13 @@ def train_critic(cfg: Config, examples: Sequence[Example], base_dir: str) -> dic
 
     d = cfg.distill
     counts = {kind: sum(e.kind == kind for e in examples) for kind in ("critique", "student")}
-    if not counts["critique"]:
+    if not examples:
+        # The answers-only ablation on episodes that nobody solved.
+        raise DataError(
+            f"{d.episodes_dir}: no distillation examples (no episode was solved and "
+            "distill.include_critiques is false; roll out more episodes or train the policy longer)"
+        )
+    if d.include_critiques and not counts["critique"]:
         raise DataError(
             f"{d.episodes_dir}: no critique examples (no critique was followed by a fix; set "
             "distill.only_followed_by_fix=false or roll out more episodes)"
