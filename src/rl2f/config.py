@@ -198,6 +198,11 @@ class TrainConfig(Strict):
         "answer is closer to the correct value than the one before, -this when farther; a dense "
         "signal for reading a critique (numeric answers only; 0 turns it off)",
     )
+    later_turns_positive_only: bool = Field(
+        default=False,
+        description="with per_turn_credit: negative advantages of turns after the first are "
+        "dropped, so a wrong revision (mostly right steps, wrong result) is not pushed down",
+    )
     fading_teacher: bool = False
     lora: bool = False
     lora_r: int = Field(default=16, ge=1)

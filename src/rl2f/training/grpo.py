@@ -216,12 +216,16 @@ def per_turn_advantages(
     num_generations: int,
     width: int,
     progress: float = 0.0,
+    positive_only_after_first: bool = False,
 ) -> torch.Tensor:
     """Token-level advantages of shape (episodes, width) for per-turn credit.
 
     Within each group of ``num_generations`` consecutive episodes (TRL's layout), the returns of
     turn t are normalised over the episodes that reached turn t, and every token of that student
     turn gets its episode's value. Teacher tokens and padding get 0 (they carry no loss anyway).
+    With ``positive_only_after_first``, later turns only reinforce what worked: a wrong revision
+    is mostly right arithmetic with a wrong result, and pushing all of it down also erodes the
+    first-turn skill the turns share.
     """
     if len(episodes) % num_generations:
         raise ValueError(f"{len(episodes)} episodes do not split into groups of {num_generations}")
@@ -244,6 +248,8 @@ def per_turn_advantages(
         for turn in range(max(len(returns[i]) for i in group)):
             reached = [i for i in group if turn < len(returns[i])]
             values = _normalised([returns[i][turn] for i in reached])
+            if turn and positive_only_after_first:
+                values = [max(value, 0.0) for value in values]
             for i, value in zip(reached, values, strict=True):
                 columns = (student_turn[i] == turn).nonzero().flatten()
                 advantages[i, columns] = value
@@ -397,6 +403,7 @@ def make_trainer_class(per_turn_credit: bool):  # noqa: ANN201
                 self.num_generations,
                 output["completion_ids"].shape[1],
                 progress=rollout.cfg.train.progress_reward,
+                positive_only_after_first=rollout.cfg.train.later_turns_positive_only,
             )
             output["advantages"] = advantages.to(output["advantages"].device)
             return output
