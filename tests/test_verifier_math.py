@@ -285,3 +285,19 @@ def test_generated_arithmetic_tasks_accept_their_answer_and_reject_wrong_ones(na
             assert verdict.diagnostics["got"] == str(wrong)
         buried = verifier.verify(task, f"It could be {task.answer} or {int(task.answer) + 1}")
         assert not buried.correct
+
+
+@pytest.mark.parametrize(
+    "reply", ["Answer: -1 + 3", "Answer: 5 - 3 = 2", "Answer: 4/2 + 0", "7 + 8 - 9 + 4 ="]
+)
+def test_arithmetic_left_undone_is_not_a_numeric_answer(reply: str) -> None:
+    """Echoing the question's expression, or an equation whose right side happens to be the
+    answer, must not earn a plain-number task's reward."""
+    verdict = verify(math_task("2"), reply)
+    assert not verdict.correct and verdict.diagnostics["unevaluated"]
+
+
+@pytest.mark.parametrize("reply", ["Answer: 2", "Answer: - 2", "Answer: 1,000", "Answer: 4/2"])
+def test_plain_numbers_are_still_accepted_in_any_spelling(reply: str) -> None:
+    expected = "1000" if "," in reply else ("-2" if "-" in reply else "2")
+    assert verify(math_task(expected), reply).correct

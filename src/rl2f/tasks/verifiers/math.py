@@ -13,7 +13,9 @@ rollouts fast; anything else goes to math-verify.
 Diagnostics: ``expected`` (task.answer), ``got`` (the extracted answer or None),
 ``parse_error`` (an answer was found but math-verify could not read it), ``numeric_error``
 (got - expected as a float when both are numbers, else None; a teacher's "too high by 3"),
-``timeout`` (the comparison overran and counts as incorrect).
+``timeout`` (the comparison overran and counts as incorrect), ``unevaluated`` (the reference is a
+plain number and the answer is arithmetic still to be done, such as ``-1 + 3`` or ``5 - 5 = 2``:
+incorrect, or echoing the question's expression would earn the reward).
 """
 
 from __future__ import annotations
@@ -363,6 +365,9 @@ def _sympy_difference(gold: tuple[Any, ...], got: tuple[Any, ...]) -> float | No
 # ---------------------------------------------------------------------------------------------
 # The verifier.
 
+# Two numbers joined by an operator or an equals sign: an answer that still holds arithmetic.
+_UNEVALUATED = re.compile(r"\d\s*[-+*/×÷=]\s*[-+]?\s*\d")
+
 
 @register("math")
 class MathVerifier:
@@ -391,6 +396,9 @@ class MathVerifier:
 
         expected_number, got_number = parse_plain_number(expected), parse_plain_number(got)
         diagnostics["numeric_error"] = numeric_difference(expected_number, got_number)
+        if expected_number is not None and got_number is None and _UNEVALUATED.search(got):
+            diagnostics["unevaluated"] = True
+            return Verdict(correct=False, extracted=got, diagnostics=diagnostics)
         if expected_number is not None and got_number is not None:
             decided = compare_plain_numbers(expected_number, got_number)
             if decided is not None:
