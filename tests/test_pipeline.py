@@ -106,3 +106,26 @@ def test_compiled_pipeline_runs_under_kfp_local(tmp_path: Path) -> None:
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
     stages = {r.data.tags.get("rl2f.stage") for r in children}
     assert {"prepare", "train_rl2f", "train_single_turn", "distill"} <= stages
+
+
+def test_pipeline_form_zero_eval_tasks_means_the_whole_split() -> None:
+    """The Kubeflow form cannot hold null: eval_max_tasks 0 is the whole split, and the
+    composed params still validate (0 itself is not a valid cap)."""
+    import yaml
+
+    from rl2f.pipeline_io import compose_params_yaml
+
+    def composed(eval_max_tasks: int) -> dict:
+        text = compose_params_yaml(
+            (REPO / "params.yaml").read_text(),
+            student_model="",
+            train_steps=3,
+            max_turns=2,
+            teacher_kind="oracle",
+            eval_max_tasks=eval_max_tasks,
+            extra_overrides=[],
+        )
+        return yaml.safe_load(text)
+
+    assert composed(0)["eval"]["max_tasks"] is None
+    assert composed(7)["eval"]["max_tasks"] == 7

@@ -277,7 +277,8 @@ def compose_params_yaml(
     eval_max_tasks: int,
     extra_overrides: list[str],
 ) -> str:
-    """params.yaml text with the pipeline's parameters applied, validated, as YAML text."""
+    """params.yaml text with the pipeline's parameters applied, validated, as YAML text.
+    ``eval_max_tasks`` 0 means the whole split (a UI form field cannot hold null)."""
     import yaml
 
     overrides = [
@@ -285,7 +286,7 @@ def compose_params_yaml(
         f"train.max_turns={max_turns}",
         f"rollout.max_turns={max_turns}",
         f"teacher.kind={teacher_kind}",
-        f"eval.max_tasks={eval_max_tasks}",
+        f"eval.max_tasks={eval_max_tasks or 'null'}",
         *extra_overrides,
     ]
     if student_model:
