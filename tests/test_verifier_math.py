@@ -34,8 +34,13 @@ def math_task(answer: str) -> Task:
 
 def params_source(name: str, size: int) -> SourceConfig:
     """The source exactly as params.yaml configures it, with fewer tasks."""
-    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
-    spec = next(s for s in params["data"]["sources"] if s["name"] == name)
+    # The tiny default trains and evaluates on arithmetic; puzzles, mazes and code are
+    # configured for a real model in profiles/qwen.yaml.
+    files = ("params.yaml", "profiles/qwen.yaml")
+    sources = [
+        s for f in files for s in yaml.safe_load((REPO_ROOT / f).read_text())["data"]["sources"]
+    ]
+    spec = next(s for s in sources if s["name"] == name)
     return SourceConfig.model_validate({**spec, "size": size})
 
 

@@ -23,8 +23,13 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def maze_tasks() -> list[Task]:
-    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
-    spec = next(s for s in params["data"]["sources"] if s["name"] == "shortest_path")
+    # The tiny default trains and evaluates on arithmetic; puzzles, mazes and code are
+    # configured for a real model in profiles/qwen.yaml.
+    files = ("params.yaml", "profiles/qwen.yaml")
+    sources = [
+        s for f in files for s in yaml.safe_load((REPO_ROOT / f).read_text())["data"]["sources"]
+    ]
+    spec = next(s for s in sources if s["name"] == "shortest_path")
     tasks = load_source(SourceConfig.model_validate({**spec, "size": 24}))
     assert all(task.verifier == "maze" for task in tasks)
     return tasks

@@ -24,8 +24,13 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 def params_tasks(name: str, size: int) -> list[Task]:
     """Tasks from the source exactly as params.yaml configures it, with fewer of them."""
-    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
-    spec = next(s for s in params["data"]["sources"] if s["name"] == name)
+    # The tiny default trains and evaluates on arithmetic; puzzles, mazes and code are
+    # configured for a real model in profiles/qwen.yaml.
+    files = ("params.yaml", "profiles/qwen.yaml")
+    sources = [
+        s for f in files for s in yaml.safe_load((REPO_ROOT / f).read_text())["data"]["sources"]
+    ]
+    spec = next(s for s in sources if s["name"] == name)
     tasks = load_source(SourceConfig.model_validate({**spec, "size": size}))
     assert tasks and all(task.verifier == "reasoning_gym" for task in tasks)
     return tasks
