@@ -83,9 +83,16 @@ def accuracy_figure(metrics: Metrics, split: str) -> Figure:
             ax.set_ylim(-0.02, 1.02)
             ax.grid(alpha=0.3)
         axes[0].set_ylabel("cumulative accuracy")
-        handles, labels = axes[0].get_legend_handles_labels()
-        if handles:
-            fig.legend(handles, labels, loc="outside right upper", frameon=False)
+        # Every model once, from whichever panel has it: an extra model evaluated in some modes
+        # only (the answers-only ablation, self mode) is missing from the first panel.
+        legend: dict[str, object] = {}
+        for ax in axes:
+            for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+                legend.setdefault(label, handle)
+        if legend:
+            fig.legend(
+                list(legend.values()), list(legend), loc="outside right upper", frameon=False
+            )
         fig.suptitle(f"{split}: accuracy by turn")
     return fig
 
