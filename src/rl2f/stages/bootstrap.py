@@ -31,6 +31,7 @@ def run(cfg: Config) -> dict[str, Any] | None:
     # Probe with the sampling the rollouts will use: what RL sees is what matters.
     settings = ProbeSettings(
         followup_message=cfg.teacher.retry_message,
+        critique_level=cfg.teacher.level,
         sampling=cfg.rollout.sampling,
         engine=cfg.rollout.engine,
     )

@@ -206,7 +206,7 @@ def probe(
     first_turns: list[list[Message]] = [[{"role": "user", "content": t.prompt}] for t in tasks]
     metrics: dict[str, float | int] = {"n_eval": len(tasks)}
     try:
-        with tqdm(total=4, desc="probe", unit="pass") as bar:
+        with tqdm(total=3, desc="probe", unit="pass") as bar:
             greedy_text = engine.chat(first_turns, greedy_cfg)
             greedy = [judge(t, r) for t, r in zip(tasks, greedy_text, strict=True)]
             bar.update()
@@ -218,7 +218,9 @@ def probe(
             metrics["first_turn_well_formed"] = _mean([well_formed(v) for v in sampled])
             wrong = [i for i, verdict in enumerate(sampled) if not verdict.correct]
             metrics["followup_n"] = len(wrong)
-            for prefix, messages in _followups(tasks, sampled_text, sampled, wrong, settings):
+            followups = _followups(tasks, sampled_text, sampled, wrong, settings)
+            bar.total = 2 + len(followups)
+            for prefix, messages in followups:
                 if not wrong:
                     bar.update()
                     continue
