@@ -104,7 +104,7 @@ class StatelessSession:
         return self.engine.generate(prompts, sampling, return_logprobs, seeds=seeds)
 
     def close(self) -> None:
-        pass
+        """Nothing is held between calls; the engine belongs to whoever made it."""
 
 
 def open_session(engine: TokenEngine) -> TokenSession:
