@@ -68,7 +68,9 @@ def rl2f_batch(tmp_path_factory: pytest.TempPathFactory, coin_model_dir: Path):
     """A GRPO trainer for the RL2F run and one scored batch of 2 tasks x 4 conversations of up
     to 3 turns."""
     root = tmp_path_factory.mktemp("rl2f_batch")
-    cfg = ci_config(root, coin_model_dir, "train.max_turns=3")
+    # The paper's conversation-level reward (params.yaml ships per-turn credit; its own test
+    # below covers that path).
+    cfg = ci_config(root, coin_model_dir, "train.max_turns=3", "train.per_turn_credit=false")
     spec = run_specs(cfg)["rl2f"]
     trainer, rollout = build_trainer(cfg, spec, sum_tasks(), report_to=["none"])
     torch.manual_seed(0)
@@ -250,6 +252,7 @@ def test_per_turn_credit_trainer_puts_turn_advantages_into_trls_loss(
         4,
         width,
         progress=cfg.train.progress_reward,
+        positive_only_after_first=cfg.train.later_turns_positive_only,
     )
     assert batch["advantages"].shape == (8, width)
     assert torch.equal(batch["advantages"], expected)
