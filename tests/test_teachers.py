@@ -38,8 +38,7 @@ from rl2f.teachers.oracle import (
     integer_hints,
     math_critique,
 )
-from rl2f.teachers.self_critic import self_critique_conversation
-from rl2f.training.distill import self_critique_messages
+from rl2f.teachers.self_critic import self_critique_conversation, self_critique_messages
 
 LEVELS = ("binary", "directional", "diagnostic")
 GUARD = LeakGuard()

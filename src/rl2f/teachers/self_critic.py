@@ -14,11 +14,29 @@ from dataclasses import dataclass
 
 from rl2f.config import SamplingConfig, TeacherConfig
 from rl2f.engines.base import ChatEngine, Message
+from rl2f.errors import UserError
 from rl2f.teachers.base import CritiqueRequest
 from rl2f.teachers.llm import MAX_CRITIQUE_CHARS, check_template, clean_critique
-from rl2f.training.distill import self_critique_messages
 
 SELF_TEMPLATE_FIELDS = frozenset({"prompt", "attempt"})
+
+
+def self_critique_messages(conversation: list[Message], template: str) -> list[Message]:
+    """The public conversation (ending with the student's attempt) plus the request to critique
+    that attempt. It lives with the teacher that sends it; critique distillation trains on the
+    same function, so training and use see one format. The template may name {prompt} (the
+    problem) and {attempt} (the last answer)."""
+    problem = next((m["content"] for m in conversation if m["role"] == "user"), None)
+    if problem is None or conversation[-1]["role"] != "assistant":
+        raise ValueError("a self-critique conversation holds the problem and ends with an attempt")
+    try:
+        request = template.format(prompt=problem, attempt=conversation[-1]["content"])
+    except (KeyError, IndexError, ValueError) as exc:
+        raise UserError(
+            f"teacher.self_prompt_template: cannot be filled ({exc!r}); it may name only "
+            f"{{prompt}} and {{attempt}}"
+        ) from None
+    return [*conversation, {"role": "user", "content": request}]
 
 
 @dataclass(frozen=True)
@@ -39,8 +57,8 @@ class PublicView:
 
 def self_critique_conversation(view: PublicView, template: str) -> list[Message]:
     """The public conversation plus the request to critique the last attempt, in exactly the
-    format critique distillation trains on (:func:`rl2f.training.distill.self_critique_messages`),
-    so training and test-time self-critique see identical inputs."""
+    format critique distillation trains on (:func:`self_critique_messages`), so training and
+    test-time self-critique see identical inputs."""
     return self_critique_messages([dict(message) for message in view.conversation], template)
 
 

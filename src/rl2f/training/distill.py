@@ -29,26 +29,9 @@ from rl2f.engines.base import Message
 from rl2f.episodes import Episode
 from rl2f.errors import DataError, UserError
 from rl2f.tasks.schema import Task
+from rl2f.teachers.self_critic import self_critique_messages
 
 log = logging.getLogger(__name__)
-
-
-def self_critique_messages(conversation: list[Message], template: str) -> list[Message]:
-    """The public conversation (ending with the student's attempt) plus the request to critique
-    that attempt. The ``self`` teacher must send exactly this at test time, so training and use
-    see one format. The template may name {prompt} (the problem) and {attempt} (the last
-    answer)."""
-    problem = next((m["content"] for m in conversation if m["role"] == "user"), None)
-    if problem is None or conversation[-1]["role"] != "assistant":
-        raise ValueError("a self-critique conversation holds the problem and ends with an attempt")
-    try:
-        request = template.format(prompt=problem, attempt=conversation[-1]["content"])
-    except (KeyError, IndexError, ValueError) as exc:
-        raise UserError(
-            f"teacher.self_prompt_template: cannot be filled ({exc!r}); it may name only "
-            f"{{prompt}} and {{attempt}}"
-        ) from None
-    return [*conversation, {"role": "user", "content": request}]
 
 
 @dataclass(frozen=True)
