@@ -29,8 +29,8 @@ from rl2f.episodes import Episode, read_episodes
 from rl2f.errors import DataError, UserError
 from rl2f.tasks.schema import Task
 from rl2f.teachers.self_critic import self_critique_messages
+from rl2f.training.checkpoints import checkpoint_dir
 from rl2f.training.distill import Example, build_critic_trainer, build_examples
-from rl2f.training.grpo import checkpoint_dir
 
 torch.set_num_threads(1)
 

@@ -24,19 +24,23 @@ from training_helpers import (
 from rl2f.config import Config
 from rl2f.episodes import Episode, Turn
 from rl2f.errors import UserError
-from rl2f.training.checkpoints import RESUME_KEY, TRAINER_STATE, resumable_checkpoint
+from rl2f.training.checkpoints import (
+    RESUME_KEY,
+    TRAINER_STATE,
+    checkpoint_dir,
+    resumable_checkpoint,
+)
 from rl2f.training.grpo import (
     ADVANTAGE_EPSILON,
     build_trainer,
-    checkpoint_dir,
     conversation_reward,
-    load_student,
     per_turn_advantages,
     run_specs,
     teacher_level,
     token_turn_index,
     turn_returns,
 )
+from rl2f.training.models import load_student
 
 torch.set_num_threads(1)
 

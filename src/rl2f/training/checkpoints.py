@@ -25,6 +25,12 @@ log = logging.getLogger(__name__)
 TRAINER_STATE = "trainer_state.json"
 
 
+def checkpoint_dir(out_dir: str) -> Path:
+    """Checkpoints live beside the model, outside the DVC output DVC deletes before a rerun."""
+    out = Path(out_dir)
+    return out.with_name(f"{out.name}.checkpoints")
+
+
 def _step(path: Path) -> int | None:
     prefix = f"{PREFIX_CHECKPOINT_DIR}-"
     suffix = path.name.removeprefix(prefix)

@@ -152,7 +152,7 @@ def assert_public(example: Example, task: Task, guard: Any, template: str) -> No
 # ---------------------------------------------------------------- training
 def critic_settings(cfg: Config, examples: Sequence[Example], base_dir: str) -> dict[str, Any]:
     """What decides the distilled model: a checkpoint is resumed only under the same settings."""
-    from rl2f.training.grpo import model_identity
+    from rl2f.training.models import model_identity
 
     digest = hashlib.sha256()
     for example in examples:
@@ -173,7 +173,7 @@ def build_critic_trainer(
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    from rl2f.training.grpo import load_causal_lm, load_tokenizer_with_template, world_size
+    from rl2f.training.models import load_causal_lm, load_tokenizer_with_template, world_size
 
     d = cfg.distill
     if d.batch_size % world_size():
@@ -214,8 +214,12 @@ def train_critic(cfg: Config, examples: Sequence[Example], base_dir: str) -> dic
     from accelerate import PartialState
 
     from rl2f.tracking import active
-    from rl2f.training.checkpoints import last_complete_checkpoint, resumable_checkpoint
-    from rl2f.training.grpo import checkpoint_dir, publish
+    from rl2f.training.checkpoints import (
+        checkpoint_dir,
+        last_complete_checkpoint,
+        resumable_checkpoint,
+    )
+    from rl2f.training.models import publish
 
     d = cfg.distill
     counts = {kind: sum(e.kind == kind for e in examples) for kind in ("critique", "student")}

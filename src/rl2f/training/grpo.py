@@ -28,7 +28,6 @@ import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -38,9 +37,16 @@ from rl2f.episodes import Episode, Turn
 from rl2f.errors import UserError
 from rl2f.tasks.schema import Task
 from rl2f.training.checkpoints import (
+    checkpoint_dir,
     last_complete_checkpoint,
-    replace_dir,
     resumable_checkpoint,
+)
+from rl2f.training.models import (
+    load_student,
+    lora_config,
+    model_identity,
+    publish,
+    world_size,
 )
 
 log = logging.getLogger(__name__)
@@ -73,72 +79,6 @@ def run_specs(cfg: Config) -> dict[str, RunSpec]:
         "rl2f": RunSpec("rl2f", t.rl2f_dir, t.max_turns, t.num_generations),
         "single_turn": RunSpec("single_turn", t.single_turn_dir, 1, single_g),
     }
-
-
-def checkpoint_dir(out_dir: str) -> Path:
-    """Checkpoints live beside the model, outside the DVC output DVC deletes before a rerun."""
-    out = Path(out_dir)
-    return out.with_name(f"{out.name}.checkpoints")
-
-
-def world_size() -> int:
-    """Processes taking part in training (``accelerate launch`` sets WORLD_SIZE)."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-# ---------------------------------------------------------------- the policy
-def load_tokenizer_with_template(source: str):  # noqa: ANN201
-    """The student's tokenizer; multi-turn rollouts and chat SFT both need its chat template."""
-    from transformers import AutoTokenizer
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{source}: cannot load a tokenizer ({_first_line(exc)})") from None
-    if not getattr(tokenizer, "chat_template", None):
-        raise UserError(
-            f"{source}: the tokenizer has no chat template; the student must be a chat model "
-            "(set tokenizer.chat_template and save it, or pick a chat/instruct checkpoint)"
-        )
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
-
-
-def load_causal_lm(source: str, dtype: str):  # noqa: ANN201
-    from transformers import AutoModelForCausalLM
-
-    torch_dtype = None if dtype == "auto" else getattr(torch, dtype)
-    try:
-        return AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype)
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{source}: cannot load a causal LM ({_first_line(exc)})") from None
-
-
-def load_student(cfg: Config):  # noqa: ANN201
-    source = cfg.model.base_path
-    if cfg.model.student is None and not Path(source).exists():
-        raise UserError(f"{source}: base model not found (run `rl2f bootstrap` first)")
-    tokenizer = load_tokenizer_with_template(source)
-    return load_causal_lm(source, cfg.model.dtype), tokenizer
-
-
-def lora_config(cfg: Config):  # noqa: ANN201
-    """LoRA adapters on every linear layer (``train.lora``); TRL wraps the model with them."""
-    if not cfg.train.lora:
-        return None
-    from peft import LoraConfig
-
-    return LoraConfig(
-        r=cfg.train.lora_r,
-        lora_alpha=cfg.train.lora_alpha,
-        target_modules="all-linear",
-        task_type="CAUSAL_LM",
-    )
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 # ---------------------------------------------------------------- rewards and credit
@@ -459,18 +399,6 @@ def grpo_config(cfg: Config, spec: RunSpec, report_to: list[str]):  # noqa: ANN2
     )
 
 
-def model_identity(source: str) -> dict[str, Any]:
-    """Enough to tell one base model from another without hashing gigabytes: a local folder's
-    file names and sizes plus its config, or the hub id."""
-    path = Path(source)
-    if not path.is_dir():
-        return {"hub_id": source}
-    files = {p.name: p.stat().st_size for p in sorted(path.iterdir()) if p.is_file()}
-    config = path / "config.json"
-    digest = hashlib.sha256(config.read_bytes()).hexdigest() if config.is_file() else None
-    return {"files": files, "config_sha256": digest}
-
-
 def run_settings(cfg: Config, spec: RunSpec, tasks: Sequence[Task]) -> dict[str, Any]:
     """What decides a run's result: a checkpoint is resumed only under the same settings."""
     return {
@@ -548,16 +476,3 @@ def train(
         "rollout_seconds": rollout.seconds,
         "student_tokens": rollout.student_tokens,
     }
-
-
-def publish(trainer: Any, tokenizer: Any, out_dir: str, merge_lora: bool = False) -> None:
-    """Save the trained model and tokenizer to ``out_dir`` atomically (a LoRA adapter is merged
-    first, so every published model loads with plain ``from_pretrained``)."""
-    staging = Path(out_dir).with_name(f".{Path(out_dir).name}.staging")
-    shutil.rmtree(staging, ignore_errors=True)  # left over by a run killed while publishing
-    model = trainer.accelerator.unwrap_model(trainer.model)
-    if merge_lora:
-        model = model.merge_and_unload()
-    model.save_pretrained(staging)
-    tokenizer.save_pretrained(staging)
-    replace_dir(staging, out_dir)
