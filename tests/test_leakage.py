@@ -9,19 +9,12 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from rl2f.config import SourceConfig
-from rl2f.leakage import (
-    GuardedCritique,
-    LeakFlags,
-    LeakGuard,
-    LeakStats,
-    answer_tokens,
-    evaluate_arithmetic,
-    guarded_critiques,
-)
+from rl2f.leakage import LeakFlags, LeakGuard, answer_tokens, evaluate_arithmetic
 from rl2f.tasks.schema import Task
 from rl2f.tasks.sources import load_source
 from rl2f.tasks.verifiers.base import Verdict
 from rl2f.teachers.base import CritiqueRequest
+from rl2f.teachers.guarded import GuardedCritique, LeakStats, guarded_critiques
 
 
 def math_task(answer: str, prompt: str = "Compute the value.") -> Task:

@@ -15,7 +15,7 @@ from rl2f.config import EngineConfig, SamplingConfig, SourceConfig, TeacherConfi
 from rl2f.engines import make_engine
 from rl2f.engines.base import ChatEngine
 from rl2f.errors import UserError
-from rl2f.leakage import LeakGuard, LeakStats, answer_tokens, guarded_critiques
+from rl2f.leakage import LeakGuard, answer_tokens
 from rl2f.tasks.schema import Task
 from rl2f.tasks.sources import load_source
 from rl2f.tasks.verifiers import Verdict, verify
@@ -29,6 +29,7 @@ from rl2f.teachers import (
     make_teacher,
 )
 from rl2f.teachers.base import CritiqueRequest
+from rl2f.teachers.guarded import LeakStats, guarded_critiques
 from rl2f.teachers.llm import clean_critique
 from rl2f.teachers.oracle import (
     MIN_CONSISTENT_ANSWERS,

@@ -28,10 +28,11 @@ from rl2f.engines import request_seed
 from rl2f.engines.base import Generation, Message, TokenEngine, TokenSession, open_session
 from rl2f.episodes import Episode, Turn, discounted_reward
 from rl2f.errors import UserError
-from rl2f.leakage import LeakGuard, guarded_critiques
+from rl2f.leakage import LeakGuard
 from rl2f.tasks.schema import Task
 from rl2f.tasks.verifiers import Verdict, verify
 from rl2f.teachers.base import CritiqueRequest, Teacher
+from rl2f.teachers.guarded import guarded_critiques
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase

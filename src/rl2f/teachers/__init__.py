@@ -6,7 +6,7 @@ one from ``TeacherConfig.kind``:
 - ``self``: the student model critiques its own attempt from public context only;
 - ``retry``: a fixed "try again" message, the no-content control.
 
-Privileged teachers' critiques go through :func:`rl2f.leakage.guarded_critiques`.
+Privileged teachers' critiques go through :func:`rl2f.teachers.guarded.guarded_critiques`.
 """
 
 from __future__ import annotations
