@@ -33,6 +33,7 @@ from rl2f.evaluation.figures import (
     to_svg,
 )
 from rl2f.evaluation.probe import PROBE_TEACHER
+from rl2f.leakage import CHECKS
 from rl2f.tasks.io import atomic_write_bytes, atomic_write_text
 
 Metrics = dict[str, Any]
@@ -48,7 +49,7 @@ FEEDBACK_LABELS = {
     "self": "Self-critique",
     "retry": "Retry message",
 }
-LEAK_CHECKS = ("answer_string", "numeric_equivalent", "solution_overlap")
+LEAK_CHECKS = CHECKS  # the guard's own check names, so a new check shows up here too
 
 
 @dataclass(frozen=True)
