@@ -564,7 +564,7 @@ def test_llm_teacher_builds_its_own_engine_from_config(math_tasks, tiny_model_di
     try:
         assert len(teacher.critique([one(math_tasks, "Answer: 1000")])) == 1
     finally:
-        teacher.engine.close()
+        teacher.close()
 
 
 def test_llm_teacher_rejects_unknown_template_fields(tiny_engine):

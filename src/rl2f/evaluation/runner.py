@@ -189,9 +189,8 @@ class TeacherPool:
         return self._llm
 
     def close(self) -> None:
-        engine = getattr(self._llm, "engine", None)
-        if engine is not None:
-            engine.close()
+        if self._llm is not None:
+            self._llm.close()
 
 
 # ---------------------------------------------------------------- context

@@ -73,9 +73,7 @@ def roll_out(cfg: Config, progress: bool = True) -> tuple[list[Episode], dict[st
                 progress=progress,
             )
         finally:
-            teacher_engine = getattr(teacher, "engine", None)
-            if teacher_engine is not None and teacher_engine is not student:
-                teacher_engine.close()
+            teacher.close()  # the self teacher leaves the student's engine open
     finally:
         student.close()
 

@@ -37,7 +37,7 @@ def make_teacher(cfg: TeacherConfig, *, engine: ChatEngine | None = None) -> Tea
 
     ``engine``: for ``self``, the student's own engine (required: the policy critiques itself);
     for ``llm``, an engine already serving the teacher model, otherwise one is built from
-    ``cfg.engine`` and ``cfg.model``.
+    ``cfg.engine`` and ``cfg.model``. ``teacher.close()`` closes only an engine built here.
     """
     if cfg.kind == "oracle":
         return OracleTeacher(cfg.level)
@@ -51,6 +51,7 @@ def make_teacher(cfg: TeacherConfig, *, engine: ChatEngine | None = None) -> Tea
             )
         return SelfCritic(engine, cfg)
     if cfg.kind == "llm":
+        owns_engine = engine is None
         if engine is None:
             model = cfg.model or cfg.engine.model
             if not model:
@@ -61,5 +62,5 @@ def make_teacher(cfg: TeacherConfig, *, engine: ChatEngine | None = None) -> Tea
             from rl2f.engines import make_engine
 
             engine = make_engine(cfg.engine, model)
-        return LLMTeacher(engine, cfg)
+        return LLMTeacher(engine, cfg, owns_engine=owns_engine)
     raise UserError(f"teacher.kind: unknown teacher {cfg.kind!r}")

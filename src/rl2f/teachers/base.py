@@ -30,3 +30,9 @@ class Teacher(Protocol):
     privileged: bool  # False for teachers that must never read the answer (``self``)
 
     def critique(self, requests: list[CritiqueRequest]) -> list[str]: ...
+
+    def close(self) -> None:
+        """Release what the teacher owns (an engine it started); callers close every teacher
+        the same way instead of reaching for its engine. It must not close an engine it was
+        lent, such as the student's."""
+        ...

@@ -67,12 +67,18 @@ class LLMTeacher:
     privileged = True
 
     def __init__(
-        self, engine: ChatEngine, cfg: TeacherConfig, max_chars: int = MAX_CRITIQUE_CHARS
+        self,
+        engine: ChatEngine,
+        cfg: TeacherConfig,
+        max_chars: int = MAX_CRITIQUE_CHARS,
+        *,
+        owns_engine: bool = False,
     ) -> None:
         check_template(cfg.prompt_template, TEMPLATE_FIELDS, "teacher.prompt_template")
         self.engine = engine
         self.cfg = cfg
         self.max_chars = max_chars
+        self.owns_engine = owns_engine  # started for this teacher (by make_teacher): close it
 
     def conversation(self, request: CritiqueRequest) -> list[Message]:
         task = request.task
@@ -111,6 +117,10 @@ class LLMTeacher:
             for index, text in zip(indices, texts, strict=True):
                 critiques[index] = clean_critique(text, self.max_chars) or self.cfg.fallback_message
         return critiques
+
+    def close(self) -> None:
+        if self.owns_engine:
+            self.engine.close()
 
     def _sampling(self, attempt_number: int) -> SamplingConfig:
         sampling = self.cfg.sampling

@@ -250,6 +250,9 @@ class OracleTeacher:
     def critique(self, requests: list[CritiqueRequest]) -> list[str]:
         return [self.critique_one(request) for request in requests]
 
+    def close(self) -> None:
+        pass
+
     def critique_one(self, request: CritiqueRequest) -> str:
         task = request.task
         voice = Voice(f"{task.id}\x1f{request.turn}\x1f{request.attempt_number}")

@@ -20,3 +20,6 @@ class RetryTeacher:
 
     def critique(self, requests: list[CritiqueRequest]) -> list[str]:
         return [self.message for _ in requests]
+
+    def close(self) -> None:
+        pass

@@ -91,3 +91,6 @@ class SelfCritic:
                 f"chat engine returned {len(texts)} replies for {len(views)} conversations"
             )
         return [clean_critique(text, self.max_chars) or self.fallback_message for text in texts]
+
+    def close(self) -> None:
+        """Nothing to release: the engine is the student's, and its owner closes it."""

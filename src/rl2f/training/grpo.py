@@ -305,9 +305,7 @@ class ConversationRollout:
 
     def close(self) -> None:
         for teacher in self._teachers.values():
-            engine = getattr(teacher, "engine", None)
-            if engine is not None:
-                engine.close()
+            teacher.close()
 
 
 def _prompt_text(prompt: Any) -> str:
