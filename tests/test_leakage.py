@@ -9,7 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from rl2f.config import SourceConfig
-from rl2f.leakage import LeakFlags, LeakGuard, answer_tokens, evaluate_arithmetic
+from rl2f.leakage import LeakFlags, LeakGuard, answer_tokens
+from rl2f.tasks.arithmetic import arithmetic_value
 from rl2f.tasks.schema import Task
 from rl2f.tasks.sources import load_source
 from rl2f.tasks.verifiers.base import Verdict
@@ -146,7 +147,7 @@ def test_symbolic_checks_work_from_worker_threads(guard):
 def test_expression_answer_value_that_the_prompt_states_is_public(guard, countdown):
     target = countdown.verifier_config["entry"]["metadata"]["target"]
     numbers = countdown.verifier_config["entry"]["metadata"]["numbers"]
-    assert evaluate_arithmetic(countdown.answer) == target
+    assert arithmetic_value(countdown.answer) == target
     quiet = guard.check(countdown, f"Your expression evaluates to {target + 7}, not {target}.")
     assert not quiet.leaked
     # The reference expression is the privileged part, however it is spaced ...
@@ -158,13 +159,13 @@ def test_expression_answer_value_that_the_prompt_states_is_public(guard, countdo
     assert not guard.check(countdown, f"Use only {', '.join(map(str, numbers))}.").leaked
 
 
-def test_evaluate_arithmetic_is_exact_and_refuses_non_arithmetic():
-    assert evaluate_arithmetic("1/3 + 1/6") == evaluate_arithmetic("0.5")
-    assert evaluate_arithmetic("2^10") == 1024
-    assert evaluate_arithmetic("2 1 4 3") is None
-    assert evaluate_arithmetic("__import__('os')") is None
-    assert evaluate_arithmetic("9**9**9") is None  # bounded, does not hang
-    assert evaluate_arithmetic("1/0") is None
+def test_arithmetic_value_is_exact_and_refuses_non_arithmetic():
+    assert arithmetic_value("1/3 + 1/6") == arithmetic_value("0.5")
+    assert arithmetic_value("2^10") == 1024
+    assert arithmetic_value("2 1 4 3") is None
+    assert arithmetic_value("__import__('os')") is None
+    assert arithmetic_value("9**9**9") is None  # bounded, does not hang
+    assert arithmetic_value("1/0") is None
 
 
 # ------------------------------------------------------------------ code overlap

@@ -17,7 +17,7 @@ from rl2f.errors import DataError
 from rl2f.tasks.schema import Task
 from rl2f.tasks.sources import load_source
 from rl2f.tasks.verifiers import get_verifier
-from rl2f.tasks.verifiers.reasoning_gym import evaluate_arithmetic, grid_violations
+from rl2f.tasks.verifiers.reasoning_gym import evaluate_countdown, grid_violations
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -242,8 +242,8 @@ def test_countdown_code_never_reaches_the_scorer(countdown_tasks: list[Task], tm
         ("", None, [], "empty answer"),
     ],
 )
-def test_evaluate_arithmetic(text, value, numbers, error):
-    evaluation = evaluate_arithmetic(text)
+def test_evaluate_countdown(text, value, numbers, error):
+    evaluation = evaluate_countdown(text)
     assert (None if evaluation.value is None else float(evaluation.value)) == value
     assert sorted(evaluation.numbers) == sorted(numbers)
     assert (evaluation.error is None) == (error is None)

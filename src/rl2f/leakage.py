@@ -29,16 +29,15 @@ so its hints never pin the answer down, and LLM teachers are told not to.
 
 from __future__ import annotations
 
-import ast
-import operator
 import re
 import unicodedata
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from functools import lru_cache
 from typing import Any
 
+from rl2f.tasks.arithmetic import arithmetic_value
 from rl2f.tasks.schema import Task
 from rl2f.tasks.verifiers.base import Verdict
 
@@ -99,58 +98,6 @@ def _contains_run(haystack: Sequence[str], needle: Sequence[str]) -> bool:
     return f"{sep}{sep.join(needle)}{sep}" in f"{sep}{sep.join(haystack)}{sep}"
 
 
-# ------------------------------------------------------------------ exact arithmetic
-_BINARY: dict[type, Callable[[Fraction, Fraction], Fraction]] = {
-    ast.Add: operator.add,
-    ast.Sub: operator.sub,
-    ast.Mult: operator.mul,
-    ast.Div: operator.truediv,
-}
-_MAX_EXPONENT = 64
-_LEADING_ZEROS = re.compile(r"(?<![\d.])0+(?=\d)")
-
-
-def evaluate_arithmetic(expression: str) -> Fraction | None:
-    """Exact value of a plain arithmetic expression, or None if it is anything else (a grid,
-    words, a call). Fractions, not floats, so 1/3 + 1/6 equals 1/2 exactly."""
-    source = _LEADING_ZEROS.sub("", expression.replace("^", "**").strip())
-    if not source:
-        return None
-    try:
-        tree = ast.parse(source, mode="eval")
-    except (SyntaxError, ValueError):
-        return None
-    try:
-        return _evaluate_node(tree.body)
-    except (ZeroDivisionError, OverflowError):
-        return None
-
-
-def _evaluate_node(node: ast.AST) -> Fraction | None:
-    if isinstance(node, ast.Constant):
-        value = node.value
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            return None
-        return Fraction(str(value))
-    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub | ast.UAdd):
-        operand = _evaluate_node(node.operand)
-        if operand is None:
-            return None
-        return -operand if isinstance(node.op, ast.USub) else operand
-    if isinstance(node, ast.BinOp):
-        left, right = _evaluate_node(node.left), _evaluate_node(node.right)
-        if left is None or right is None:
-            return None
-        if isinstance(node.op, ast.Pow):
-            # Bounded so a critique like "9^9^9" cannot stall the guard.
-            if right.denominator != 1 or abs(right) > _MAX_EXPONENT or abs(left) > 10**12:
-                return None
-            return left ** int(right)
-        apply = _BINARY.get(type(node.op))
-        return apply(left, right) if apply else None
-    return None
-
-
 # ------------------------------------------------------------------ symbolic (math-verify)
 def _math_compare(reference: str, candidate: str) -> Verdict:
     """``candidate`` checked against ``reference`` by the ``math`` verifier, which runs
@@ -191,7 +138,7 @@ class _Privileged:
 @lru_cache(maxsize=4096)
 def _privileged(domain: str, prompt: str, answer: str, solution: str | None, n: int) -> _Privileged:
     ascii_answer = normalize_text(answer).replace("$", "").strip()
-    value = evaluate_arithmetic(ascii_answer)
+    value = arithmetic_value(ascii_answer)
     answer_is_number = bool(_PLAIN_NUMBER.match(ascii_answer))
     prompt_norm = normalize_text(prompt)
     prompt_values = {Fraction(match) for match in _NUMBER.findall(prompt_norm)}
@@ -259,13 +206,13 @@ def numeric_candidates(text: str) -> list[_Candidate]:
     for match in _NUMBER.finditer(normalized):
         add(match.group(), Fraction(match.group()), False)
     for match in _SIMPLE_FRACTION.finditer(normalized):
-        add(match.group(), evaluate_arithmetic(match.group()), True)
+        add(match.group(), arithmetic_value(match.group()), True)
     for match in _PERCENT.finditer(normalized):
         add(match.group(), Fraction(match.group(1)) / 100, False)
     for match in _ARITHMETIC_RUN.finditer(normalized):
         run = _trim_run(match.group())
         if re.search(r"\d\)*\s*[-+*/^]\s*[-+(]*\d", run):
-            add(run, evaluate_arithmetic(run), True)
+            add(run, arithmetic_value(run), True)
     return list(found.values())
 
 
@@ -413,7 +360,7 @@ class LeakGuard:
         asked = [
             span
             for span in latex_spans(critique)
-            if (private.symbolic or evaluate_arithmetic(normalize_text(span)) is None)
+            if (private.symbolic or arithmetic_value(normalize_text(span)) is None)
             and not self._span_is_public(private, span)
         ]
         hits.extend(span for span in asked if _math_compare(private.answer, span).correct)
@@ -432,7 +379,7 @@ class LeakGuard:
             return True
         return (
             private.value_is_public
-            and evaluate_arithmetic(compact) == private.value
+            and arithmetic_value(compact) == private.value
             and bool(_PLAIN_NUMBER.match(compact))
         )
 
@@ -449,7 +396,6 @@ __all__ = [
     "LeakFlags",
     "LeakGuard",
     "answer_tokens",
-    "evaluate_arithmetic",
     "latex_spans",
     "normalize_text",
     "numeric_candidates",

@@ -32,7 +32,8 @@ from fractions import Fraction
 from functools import lru_cache
 from typing import Any, Literal, get_args
 
-from rl2f.leakage import evaluate_arithmetic, normalize_text
+from rl2f.leakage import normalize_text
+from rl2f.tasks.arithmetic import arithmetic_value
 from rl2f.tasks.schema import Task
 from rl2f.teachers.base import CritiqueRequest
 
@@ -282,7 +283,7 @@ def exact_value(text: Any) -> Fraction | None:
         return None
     if isinstance(text, int | float):
         return Fraction(str(text))
-    return evaluate_arithmetic(normalize_text(str(text)).replace("$", ""))
+    return arithmetic_value(normalize_text(str(text)).replace("$", ""))
 
 
 def math_critique(failure: Failure, level: Level, voice: Voice) -> list[str]:

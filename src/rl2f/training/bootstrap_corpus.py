@@ -18,13 +18,12 @@ to teach.
 from __future__ import annotations
 
 import ast
-import operator
 import random
-from collections.abc import Callable, Iterator, Sequence
-from fractions import Fraction
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from rl2f.engines.base import Message
+from rl2f.tasks.arithmetic import evaluate_with_steps, number_text
 from rl2f.tasks.schema import Task
 
 # Small talk that may precede a later question. Plain conversational openers, none of which
@@ -61,43 +60,10 @@ NUDGES = (
 # a tens digit), each either way.
 NEAR_MISS_OFFSETS = (1, 2, 3, 9, 10, 11, 20)
 
-_OPERATORS: dict[type[ast.operator], tuple[str, Callable[[Fraction, Fraction], Fraction]]] = {
-    ast.Add: ("+", operator.add),
-    ast.Sub: ("-", operator.sub),
-    ast.Mult: ("*", operator.mul),
-    ast.Div: ("/", operator.truediv),
-}
-
-
-def _number(value: Fraction) -> str:
-    return str(value.numerator) if value.denominator == 1 else str(value)
-
-
-def _evaluate(node: ast.expr, steps: list[str]) -> Fraction:
-    """Evaluate an arithmetic tree, recording one ``a op b = c`` line per operation, innermost
-    first; a chain ``1 - 5 - 2`` becomes its running totals."""
-    if isinstance(node, ast.Constant) and type(node.value) is int:
-        return Fraction(node.value)
-    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub | ast.UAdd):
-        value = _evaluate(node.operand, steps)
-        if isinstance(node.op, ast.UAdd):
-            return value
-        if not isinstance(node.operand, ast.Constant):
-            # Negating a bracket is a step of its own: ``-(-13 - -94)`` is -81, not 81.
-            steps.append(f"-({_number(value)}) = {_number(-value)}")
-        return -value
-    if isinstance(node, ast.BinOp) and type(node.op) in _OPERATORS:
-        left = _evaluate(node.left, steps)
-        right = _evaluate(node.right, steps)
-        symbol, apply = _OPERATORS[type(node.op)]
-        result = apply(left, right)
-        steps.append(f"{_number(left)} {symbol} {_number(right)} = {_number(result)}")
-        return result
-    raise ValueError(f"unsupported expression node {type(node).__name__}")
-
 
 def expression_steps(expression: str) -> tuple[list[str], str]:
-    """The worked steps of an integer arithmetic expression and its value.
+    """The worked steps of an integer arithmetic expression and its value
+    (:func:`rl2f.tasks.arithmetic.evaluate_with_steps`).
 
     Raises ValueError for anything that is not plain integer arithmetic, or whose value is not
     an integer (a tiny model should not learn fractions from a handful of examples).
@@ -106,16 +72,15 @@ def expression_steps(expression: str) -> tuple[list[str], str]:
         tree = ast.parse(expression.strip(), mode="eval")
     except (SyntaxError, RecursionError) as exc:
         raise ValueError(f"not an expression: {expression!r}") from exc
-    steps: list[str] = []
     try:
-        value = _evaluate(tree.body, steps)
+        value, steps = evaluate_with_steps(tree.body)
     except ZeroDivisionError as exc:
         raise ValueError(f"division by zero in {expression!r}") from exc
     except RecursionError as exc:  # nested far deeper than any worked solution could show
         raise ValueError(f"expression too deeply nested: {expression[:40]!r}...") from exc
     if value.denominator != 1:
         raise ValueError(f"{expression!r} is not an integer")
-    return steps, _number(value)
+    return steps, number_text(value)
 
 
 def _expression_of(task: Task) -> str | None:

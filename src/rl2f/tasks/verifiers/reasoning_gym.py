@@ -35,6 +35,7 @@ from fractions import Fraction
 from typing import Any
 
 from rl2f.errors import DataError
+from rl2f.tasks.arithmetic import evaluate
 from rl2f.tasks.schema import Task
 from rl2f.tasks.verifiers.base import Verdict, register
 from rl2f.tasks.verifiers.extract import strict_single_answer
@@ -154,7 +155,7 @@ def grid_violations(grid: list[list[int]]) -> list[dict[str, Any]]:
 def inspect_countdown(got: str, entry: dict[str, Any]) -> Inspection:
     metadata = entry["metadata"]
     numbers = [int(n) for n in metadata["numbers"]]
-    evaluation = evaluate_arithmetic(got)
+    evaluation = evaluate_countdown(got)
     used = Counter(evaluation.numbers)
     given = Counter(numbers)
     diagnostics = {
@@ -178,18 +179,12 @@ MAX_EXPRESSION_CHARS = 1000
 # Python would also accept 0x10, 1_000 or 2.5; countdown's scorer would count their digits
 # differently, so only the characters of integer arithmetic get as far as the parser.
 _NOT_ARITHMETIC = re.compile(r"[^0-9\s+\-*/()]")
-_OPERATORS: dict[type[ast.AST], Callable[[Fraction, Fraction], Fraction]] = {
-    ast.Add: lambda a, b: a + b,
-    ast.Sub: lambda a, b: a - b,
-    ast.Mult: lambda a, b: a * b,
-    ast.Div: lambda a, b: a / b,
-}
 
 
-def evaluate_arithmetic(text: str) -> Evaluation:
-    """Exact value of an expression of non-negative integers, + - * / and parentheses, by
-    walking its AST (never ``eval``). Anything else is an error, reported in words a teacher
-    can pass on."""
+def evaluate_countdown(text: str) -> Evaluation:
+    """Exact value of an expression of non-negative integers, + - * / and parentheses
+    (:func:`rl2f.tasks.arithmetic.evaluate`, never ``eval``), with the numbers it uses.
+    Anything else is an error, reported in words a teacher can pass on."""
     if not text.strip():
         return Evaluation(None, [], "empty answer")
     if len(text) > MAX_EXPRESSION_CHARS:
@@ -203,27 +198,18 @@ def evaluate_arithmetic(text: str) -> Evaluation:
     except (SyntaxError, ValueError, MemoryError, RecursionError) as exc:
         return Evaluation(None, _integers(text), f"not an arithmetic expression ({exc})")
     numbers: list[int] = []
+
+    def count(node: ast.AST, value: Fraction, operands: tuple[Fraction, ...]) -> None:
+        if isinstance(node, ast.Constant):
+            numbers.append(node.value)
+
     try:
-        value = _evaluate(tree.body, numbers)
+        value = evaluate(tree.body, visit=count)
     except ZeroDivisionError:
         return Evaluation(None, numbers, "division by zero")
     except (ValueError, RecursionError) as exc:
         return Evaluation(None, _integers(text), str(exc))
     return Evaluation(value, numbers, None)
-
-
-def _evaluate(node: ast.AST, numbers: list[int]) -> Fraction:
-    if isinstance(node, ast.Constant) and type(node.value) is int and node.value >= 0:
-        numbers.append(node.value)
-        return Fraction(node.value)
-    if isinstance(node, ast.BinOp) and type(node.op) in _OPERATORS:
-        left = _evaluate(node.left, numbers)
-        right = _evaluate(node.right, numbers)
-        return _OPERATORS[type(node.op)](left, right)
-    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub | ast.UAdd):
-        operand = _evaluate(node.operand, numbers)
-        return -operand if isinstance(node.op, ast.USub) else operand
-    raise ValueError(f"only integers, + - * / and parentheses are allowed: {ast.unparse(node)!r}")
 
 
 def _integers(text: str) -> list[int]:
