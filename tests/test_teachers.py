@@ -567,6 +567,37 @@ def test_llm_teacher_builds_its_own_engine_from_config(math_tasks, tiny_model_di
         teacher.close()
 
 
+class ClosableEngine:
+    """Stands in for an engine only to see who closes it."""
+
+    closed = False
+
+    def chat(self, conversations, sampling):
+        return ["Check the carry." for _ in conversations]
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_teachers_close_only_what_they_own(tiny_model_dir):
+    lent = ClosableEngine()
+    for teacher in (
+        make_teacher(TeacherConfig(kind="llm"), engine=lent),
+        make_teacher(TeacherConfig(kind="self"), engine=lent),  # the student's engine
+        make_teacher(TeacherConfig(kind="oracle")),
+        make_teacher(TeacherConfig(kind="retry")),
+    ):
+        teacher.close()
+    assert not lent.closed
+    cfg = TeacherConfig(kind="llm", model=str(tiny_model_dir), engine=EngineConfig(device="cpu"))
+    built = make_teacher(cfg)
+    assert isinstance(built, LLMTeacher) and built.owns_engine
+    real, built.engine = built.engine, ClosableEngine()
+    real.close()
+    built.close()
+    assert built.engine.closed
+
+
 def test_llm_teacher_rejects_unknown_template_fields(tiny_engine):
     cfg = TeacherConfig(kind="llm", prompt_template="{prompt} {secret}")
     with pytest.raises(UserError, match=r"teacher.prompt_template: unknown field \{secret\}"):
