@@ -39,7 +39,6 @@ print("UID", real_uid(), flush=True)
 """
 
 
-
 def require(guarantee: str) -> None:
     """Fail (never skip) when this machine lacks a guarantee a test checks. Only a user who
     explicitly allowed unisolated code (RL2F_ALLOW_UNISOLATED_CODE=1) gets a skip instead,
@@ -53,7 +52,7 @@ def require(guarantee: str) -> None:
     message = f"this machine gives the sandbox no {guarantee}: {isolation().missing}"
     if unisolated_allowed():
         pytest.skip(f"{message}; {ALLOW_UNISOLATED_ENV}=1 accepts that")
-    pytest.fail(f"{message}; code tasks refuse to run here (set {ALLOW_UNISOLATED_ENV}=1 to accept)")
+    pytest.fail(f"{message}; code tasks refuse to run here ({ALLOW_UNISOLATED_ENV}=1 accepts it)")
 
 
 def live_pids_of(uid: int) -> list[int]:
