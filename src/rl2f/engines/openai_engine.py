@@ -116,11 +116,12 @@ class OpenAIChatEngine:
             self._pool.submit(self._complete, i, conversation, seeds[i], sampling)
             for i, conversation in enumerate(conversations)
         ]
-        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
-        failed = next((f for f in futures if f in done and f.exception() is not None), None)
-        if failed is not None:
+        done, pending = wait(futures, return_when=FIRST_EXCEPTION)
+        if pending:  # something failed: do not start what is left of a failing batch
             _stop_the_rest(futures)
-            raise failed.exception()  # type: ignore[misc]  (a UserError from _complete)
+        for future in futures:  # the first failure in input order, if any, is raised
+            if not future.cancelled() and future.exception() is not None:
+                raise future.exception()  # type: ignore[misc]  (a UserError from _complete)
         return [future.result() for future in futures]
 
     def close(self) -> None:
@@ -194,7 +195,9 @@ class OpenAIChatEngine:
     def _give_up_message(self, fault: _Fault, attempts: int, index: int) -> str:
         tried = f" after {attempts} attempts" if attempts > 1 else ""
         more = f": {fault.more}" if fault.more else ""
-        return f"{self._url}: {fault.headline}{tried}{more} (conversation {index})"
+        which = f"conversation {index}"
+        named = "" if fault.headline.startswith(which) else f" ({which})"
+        return f"{self._url}: {fault.headline}{tried}{more}{named}"
 
     def _count(self, name: str) -> None:
         with self._counts_lock:
@@ -211,7 +214,9 @@ def _stop_the_rest(futures: list[Future[str]]) -> None:
 
 def _status_fault(exc: openai.APIStatusError) -> _Fault:
     status = exc.status_code
-    headline, more = f"HTTP {status}", _one_line(exc.message)
+    # The client prefixes "Error code: 500 - "; the headline already says it.
+    more = _one_line(exc.message.removeprefix(f"Error code: {status} - "))
+    headline = f"HTTP {status}"
     retry_after_s = _retry_after_s(exc.response.headers)
     if status == 429:
         return _Fault("rate_limited", headline, True, retry_after_s, more)
