@@ -14,7 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from rl2f.tasks.sandbox import isolation, run_python
+from rl2f.tasks.sandbox import (
+    ALLOW_UNISOLATED_ENV,
+    Isolation,
+    SandboxUnavailable,
+    isolation,
+    require_isolation,
+    run_python,
+    unisolated_allowed,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,10 +38,21 @@ def real_uid():
 print("UID", real_uid(), flush=True)
 """
 
-needs_throwaway_uid = pytest.mark.skipif(
-    not isolation().throwaway_uids,
-    reason="needs root: only a throwaway uid makes this guarantee (see rl2f.tasks.sandbox)",
-)
+
+def require(guarantee: str) -> None:
+    """Fail (never skip) when this machine lacks a guarantee a test checks. Only a user who
+    explicitly allowed unisolated code (RL2F_ALLOW_UNISOLATED_CODE=1) gets a skip instead,
+    since then the sandbox knowingly runs without it (and the hostile test may be unsafe)."""
+    have = {
+        "throwaway uid": isolation().throwaway_uids,
+        "network namespace": isolation().network_isolated,
+    }[guarantee]
+    if have:
+        return
+    message = f"this machine gives the sandbox no {guarantee}: {isolation().missing}"
+    if unisolated_allowed():
+        pytest.skip(f"{message}; {ALLOW_UNISOLATED_ENV}=1 accepts that")
+    pytest.fail(f"{message}; code tasks refuse to run here ({ALLOW_UNISOLATED_ENV}=1 accepts it)")
 
 
 def live_pids_of(uid: int) -> list[int]:
@@ -161,9 +180,9 @@ def test_concurrent_runs_each_get_their_own_identity() -> None:
         thread.join()
     assert [result.status for result in results] == ["ok"] * 4
     uids = {uid_from(result.stdout) for result in results}
-    if isolation().throwaway_uids:
-        assert len(uids) == 4
-        assert all(uid in isolation().uid_range for uid in uids)
+    require("throwaway uid")
+    assert len(uids) == 4
+    assert all(uid in isolation().uid_range for uid in uids)
 
 
 # ---------------------------------------------------------------- hostile programs
@@ -190,8 +209,8 @@ while True:
     assert wait_until(lambda: not pid_is_alive(child)), f"child {child} survived the timeout"
 
 
-@needs_throwaway_uid
 def test_fork_bomb_is_contained_and_leaves_nothing_behind() -> None:
+    require("throwaway uid")
     # A bounded bomb first: forking stops at the process limit.
     bounded = (
         PRINT_REAL_UID
@@ -263,18 +282,19 @@ for path in ({str(tmp_target)!r}, {str(repo_target)!r}):
 open("inside.txt", "w").write("fine")
 print("CWD", os.getcwd())
 """
-    result = run_python(program, timeout_s=5, memory_mb=256)
+    require("throwaway uid")
+    try:
+        result = run_python(program, timeout_s=5, memory_mb=256)
+    finally:
+        escaped = [path for path in (repo_target, tmp_target) if path.exists()]
+        for path in escaped:
+            path.unlink()
     assert result.status == "ok", result.stderr
     private_dir = Path(result.stdout.split("CWD ")[1].strip())
     assert not private_dir.exists(), "the private dir must be removed"
-    if not isolation().throwaway_uids:
-        repo_target.unlink(missing_ok=True)
-        tmp_target.unlink(missing_ok=True)
-        pytest.skip("without root the program runs as the caller and may write what it may")
     # Permissions refuse the repository; /tmp is world-writable, so that file is swept.
     assert f"REFUSED {repo_target} PermissionError" in result.stdout
-    assert not repo_target.exists()
-    assert not tmp_target.exists()
+    assert not escaped, f"written outside the sandbox and left there: {escaped}"
 
 
 def test_environment_secrets_do_not_reach_the_program(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -298,9 +318,9 @@ print("FOUND IN", found)
     assert result.status == "ok", result.stderr
     assert "RL2F_FAKE_API_KEY" not in result.stdout
     assert "IN ENV False" in result.stdout
-    if isolation().throwaway_uids:
-        # Other uids' /proc/<pid>/environ (ours included) is unreadable to the sandbox.
-        assert "FOUND IN []" in result.stdout
+    require("throwaway uid")
+    # Other uids' /proc/<pid>/environ (ours included) is unreadable to the sandbox.
+    assert "FOUND IN []" in result.stdout
 
 
 @pytest.fixture
@@ -329,8 +349,7 @@ def tcp_server() -> Iterator[tuple[int, list[object]]]:
 
 
 def test_network_is_unreachable(tcp_server: tuple[int, list[object]]) -> None:
-    if not isolation().network_isolated:
-        pytest.skip("this kernel refuses unprivileged user+network namespaces (unshare -rn)")
+    require("network namespace")
     port, accepted = tcp_server
     # The server is reachable from here, so a failure inside is the sandbox's doing.
     socket.create_connection(("127.0.0.1", port), timeout=2).close()
@@ -363,8 +382,8 @@ def test_huge_output_is_truncated_keeping_head_and_tail() -> None:
 
 @pytest.mark.parametrize("leave_the_group", [False, True])
 def test_a_child_left_running_is_killed(leave_the_group: bool) -> None:
-    if leave_the_group and not isolation().throwaway_uids:
-        pytest.skip("a child that calls setsid() is only reachable through a throwaway uid")
+    if leave_the_group:
+        require("throwaway uid")  # only it reaches a child that called setsid()
     program = f"""
 import os, time
 pid = os.fork()
@@ -382,3 +401,180 @@ time.sleep(0.3)  # let the child print before the parent leaves
     assert time.monotonic() - started < 5, "the sandbox must not wait for the orphan"
     child = int(result.stdout.split()[1])
     assert wait_until(lambda: not pid_is_alive(child)), f"orphan {child} is still running"
+
+
+# ---------------------------------------------------------------- refusing to run unisolated
+
+UNISOLATED = Isolation(python=isolation().python, throwaway_uids=False, unshare=None)
+
+
+def test_without_isolation_code_is_refused_naming_what_is_missing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv(ALLOW_UNISOLATED_ENV, raising=False)
+    with pytest.raises(SandboxUnavailable) as refused:
+        require_isolation(UNISOLATED)
+    message = str(refused.value)
+    assert "\n" not in message
+    assert "no throwaway uid" in message and "no network namespace" in message
+    assert f"{ALLOW_UNISOLATED_ENV}=1" in message
+    # Half isolated is still refused: each guarantee is named on its own.
+    half = Isolation(python=UNISOLATED.python, throwaway_uids=True, unshare=None)
+    with pytest.raises(SandboxUnavailable, match="no network namespace") as refused:
+        require_isolation(half)
+    assert "throwaway uid" not in str(refused.value)
+
+
+def test_run_python_refuses_when_the_machine_cannot_isolate(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import rl2f.tasks.sandbox as sandbox
+
+    monkeypatch.delenv(ALLOW_UNISOLATED_ENV, raising=False)
+    monkeypatch.setattr(sandbox, "isolation", lambda: UNISOLATED)
+    with pytest.raises(SandboxUnavailable):
+        run_python("print('never runs')", timeout_s=5, memory_mb=256)
+    # An explicit choice, by argument or by environment, runs it (as the caller, networked).
+    assert run_python("print(1)", 5, 256, allow_unisolated=True).stdout == "1\n"
+    monkeypatch.setenv(ALLOW_UNISOLATED_ENV, "1")
+    assert run_python("print(2)", 5, 256).stdout == "2\n"
+    with pytest.raises(SandboxUnavailable):
+        run_python("print(3)", 5, 256, allow_unisolated=False)
+
+
+def test_this_machine_isolates_or_the_user_said_it_need_not() -> None:
+    """The suite's own guard: on a machine that cannot isolate, this fails unless the user
+    opted out explicitly, so CI cannot pass while model code runs with network access."""
+    if isolation().missing and unisolated_allowed():
+        pytest.skip(f"{ALLOW_UNISOLATED_ENV}=1: running unisolated by choice")
+    assert isolation().missing == [], (
+        f"the sandbox cannot isolate code here: {isolation().missing}; "
+        f"set {ALLOW_UNISOLATED_ENV}=1 to accept that"
+    )
+
+
+# ---------------------------------------------------------------- more hostile programs
+
+
+@pytest.fixture
+def planted_secrets(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Path]]:
+    """Secret files outside the sandbox, stored the way credentials are: mode 0600 in the
+    user's home, and 0600 inside a 0700 directory (like ~/.ssh, ~/.aws)."""
+    token = secrets.token_hex(8)
+    in_home = Path.home() / f".rl2f-test-secret-{token}"
+    in_home.write_text(f"SECRET-{token}")
+    in_home.chmod(0o600)
+    private = tmp_path_factory.mktemp("secrets")
+    private.chmod(0o700)
+    in_dir = private / "credentials"
+    in_dir.write_text(f"SECRET-{token}")
+    in_dir.chmod(0o600)
+    try:
+        yield [in_home, in_dir]
+    finally:
+        in_home.unlink()
+
+
+def test_secret_files_on_disk_cannot_be_read(planted_secrets: list[Path]) -> None:
+    require("throwaway uid")
+    program = f"""
+for path in {[str(path) for path in planted_secrets]!r}:
+    try:
+        print("READ", path, open(path).read())
+    except OSError as exc:
+        print("REFUSED", path, type(exc).__name__)
+"""
+    result = run_python(program, timeout_s=5, memory_mb=256)
+    assert result.status == "ok", result.stderr
+    assert "SECRET-" not in result.stdout
+    assert result.stdout.count("REFUSED") == len(planted_secrets)
+
+
+def test_kill_minus_one_reaches_only_the_sandbox() -> None:
+    require("throwaway uid")  # as the caller, kill(-1) would kill all of the caller's processes
+    bystander = subprocess.Popen(["sleep", "30"])
+    try:
+        # kill(-1) spares its caller, so the program lives on to tell what it could reach.
+        result = run_python(
+            "import os, signal\nos.kill(-1, signal.SIGKILL)\nprint('still here')", 5, 256
+        )
+        assert (result.status, result.stdout) == ("ok", "still here\n"), result.stderr
+        time.sleep(0.2)
+        assert bystander.poll() is None, "kill(-1) in the sandbox killed one of our processes"
+    finally:
+        bystander.kill()
+        bystander.wait()
+
+
+def test_a_huge_file_stops_at_the_file_size_limit() -> None:
+    program = """
+import errno
+written = 0
+try:
+    with open("huge.bin", "wb", buffering=0) as handle:
+        while written < 64 << 20:
+            written += handle.write(b"x" * (1 << 20))
+except OSError as exc:
+    print("STOPPED", errno.errorcode[exc.errno], written)
+else:
+    print("WROTE", written)
+"""
+    result = run_python(program, timeout_s=10, memory_mb=256, max_file_mb=2)
+    assert result.status == "ok", result.stderr
+    outcome, *rest = result.stdout.split()
+    assert outcome == "STOPPED" and rest[0] == "EFBIG"
+    assert int(rest[1]) <= 2 << 20
+
+
+@pytest.fixture
+def udp_server() -> Iterator[tuple[int, list[bytes]]]:
+    """A real UDP socket on loopback that records every datagram it receives."""
+    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    server.bind(("127.0.0.1", 0))
+    server.settimeout(0.1)
+    received: list[bytes] = []
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                received.append(server.recv(4096))
+            except TimeoutError:
+                continue
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield server.getsockname()[1], received
+    stop.set()
+    thread.join()
+    server.close()
+
+
+def test_udp_and_dns_are_unreachable(udp_server: tuple[int, list[bytes]]) -> None:
+    require("network namespace")
+    port, received = udp_server
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    probe.sendto(b"from the test", ("127.0.0.1", port))
+    probe.close()
+    assert wait_until(lambda: received == [b"from the test"]), "the UDP server does not work"
+    # A hand-made DNS query (id 0x1234, one question: example.com A) to the loopback server,
+    # then a real lookup through the system resolver.
+    program = f"""
+import socket
+query = bytes.fromhex("123401000001000000000000076578616d706c6503636f6d0000010001")
+try:
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.sendto(query, ("127.0.0.1", {port}))
+    print("UDP SENT")
+except OSError as exc:
+    print("UDP BLOCKED", type(exc).__name__)
+try:
+    print("DNS RESOLVED", socket.getaddrinfo("example.com", 443, proto=socket.IPPROTO_TCP))
+except OSError as exc:
+    print("DNS BLOCKED", type(exc).__name__)
+"""
+    result = run_python(program, timeout_s=10, memory_mb=256)
+    assert result.status == "ok", result.stderr
+    assert "UDP BLOCKED" in result.stdout and "DNS BLOCKED" in result.stdout, result.stdout
+    time.sleep(0.2)
+    assert received == [b"from the test"]

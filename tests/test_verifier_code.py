@@ -276,3 +276,89 @@ def truncate_number(number):
     verdict = CodeVerifier().verify(task, program)
     assert not verdict.correct
     assert failures(verdict.diagnostics)[0]["actual"] == "-1.0"
+
+
+# ---------------------------------------------------------------- reward hacks
+
+# An object equal to everything: `assert candidate(x) == expected` holds whatever expected is.
+ALWAYS_EQUAL = """
+class Anything:
+    def __eq__(self, other):
+        return True
+    def __ne__(self, other):
+        return False
+    __hash__ = object.__hash__
+"""
+
+# A task whose tests are plain equalities, the easiest to fool with such an object.
+SQUARE = Task(
+    domain="code",
+    source="test:square",
+    prompt="Write square(x).",
+    answer="def square(x):\n    return x * x\n",
+    verifier="code",
+    verifier_config={
+        "test": "def check(candidate):\n    assert candidate(2) == 4\n"
+        "    assert candidate(-3) == 9\n    assert [candidate(0)] == [0]\n"
+        "    assert candidate(1) == (1,) or candidate(1) == 1\n",
+        "entry_point": "square",
+    },
+)
+
+# Each program tries to pass SQUARE, or HumanEval/2 (truncate_number: its tests compare
+# floats with abs(...) < 1e-6), without computing anything.
+REWARD_HACKS = {
+    "an object equal to everything": ALWAYS_EQUAL + "def square(x):\n    return Anything()\n",
+    "an int subclass equal to everything": (
+        "class Int(int):\n    def __eq__(self, other):\n        return True\n"
+        "    __hash__ = int.__hash__\n"
+        "def square(x):\n    return Int(0)\n"
+    ),
+    "a tuple holding such an object": ALWAYS_EQUAL
+    + "def square(x):\n    return (Anything(),) if x == 1 else x * x\n",
+    "a float subclass that is close to everything": (
+        "class F(float):\n"
+        "    def __sub__(self, other):\n        return F(0.0)\n"
+        "    def __rsub__(self, other):\n        return F(0.0)\n"
+        "    def __eq__(self, other):\n        return True\n"
+        "    def __abs__(self):\n        return 0.0\n"
+        "    __hash__ = float.__hash__\n"
+        "def truncate_number(number):\n    return F(0.0)\n"
+    ),
+    "patched builtins": (
+        "import builtins\nbuiltins.abs = lambda value: 0\n"
+        "def truncate_number(number):\n    return 0.5\n"
+    ),
+    "os._exit(0) while loading": "import os\nos._exit(0)\n",
+    "os._exit(0) when called": "import os\ndef square(x):\n    os._exit(0)\n",
+    "sys.exit(0) while loading": "import sys\nsys.exit(0)\n",
+    "sys.exit(0) when called": "import sys\ndef square(x):\n    sys.exit(0)\n",
+    "closing the report's stdout": (
+        "import os\ndef square(x):\n    os.close(1)\n    return x * x\n"
+    ),
+    "an exit handler": (
+        "import atexit, os\natexit.register(lambda: os._exit(0))\n"
+        "def square(x):\n    raise SystemExit(0)\n"
+    ),
+}
+
+
+@pytest.mark.parametrize("hack", list(REWARD_HACKS))
+def test_reward_hacks_are_failures(hack: str) -> None:
+    program = REWARD_HACKS[hack]
+    task = SQUARE if "def square" in program else humaneval_task("HumanEval/2")
+    verdict = CodeVerifier().verify(task, program)
+    assert not verdict.correct, verdict.diagnostics
+    assert verdict.diagnostics["failed"] > 0 or verdict.diagnostics["error"], verdict.diagnostics
+
+
+def test_the_square_task_passes_an_honest_program() -> None:
+    verdict = CodeVerifier().verify(SQUARE, SQUARE.answer)
+    assert verdict.correct, verdict.diagnostics
+
+
+def test_a_non_plain_result_is_named_in_the_diagnostics() -> None:
+    verdict = CodeVerifier().verify(SQUARE, REWARD_HACKS["an object equal to everything"])
+    first = failures(verdict.diagnostics)[0]
+    assert first["call"] == "candidate(2)"
+    assert "returned a Anything object" in first["error"], first

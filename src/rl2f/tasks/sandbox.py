@@ -21,6 +21,12 @@ on Linux this module guarantees:
 The interpreter is ours when the throwaway uid can run it, else a system one of the same
 version (pyenv under /root is out of its reach); programs get the standard library only.
 
+Where the machine cannot give both a throwaway uid (the caller is not root) and a network
+namespace, :func:`run_python` refuses to run anything (:class:`SandboxUnavailable`, one line
+naming what is missing) unless the user allows it explicitly: ``allow_unisolated=True`` or
+the environment variable ``RL2F_ALLOW_UNISOLATED_CODE=1``. Running model code with network
+access and as the caller must be a decision, never a silent fallback.
+
 Not guaranteed: the program can read world-readable files (system files, this repository);
 while it runs it can fill world-writable directories (each file is capped by ``max_file_mb``);
 memory is capped per process, so a run may use up to ``max_processes * memory_mb``. Without
@@ -51,7 +57,12 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, Any, Literal
 
+from rl2f.errors import UserError
+
 log = logging.getLogger(__name__)
+
+# Set to 1 to run model-written code without full isolation (see the module docstring).
+ALLOW_UNISOLATED_ENV = "RL2F_ALLOW_UNISOLATED_CODE"
 
 Status = Literal["ok", "error", "timeout", "memory", "killed"]
 
@@ -108,6 +119,10 @@ except ProcessLookupError:
 _MEMORY_SIGNS = ("Cannot allocate memory", "std::bad_alloc", "out of memory")
 
 
+class SandboxUnavailable(UserError):
+    """This machine cannot isolate model-written code and nobody allowed running it anyway."""
+
+
 @dataclass(frozen=True)
 class SandboxResult:
     status: Status
@@ -136,6 +151,16 @@ class Isolation:
         return self.unshare is not None
 
     @property
+    def missing(self) -> list[str]:
+        """The isolation this machine lacks, each in a few words (empty: fully isolated)."""
+        lacks = []
+        if not self.throwaway_uids:
+            lacks.append("no throwaway uid (the sandbox must start as root to drop to one)")
+        if not self.network_isolated:
+            lacks.append("no network namespace (`unshare --user --net` is refused)")
+        return lacks
+
+    @property
     def uid_range(self) -> range | None:
         """The uids sandboxed programs run as (None: they run as the caller)."""
         return range(_UID_BASE, _UID_BASE + _UID_POOL) if self.throwaway_uids else None
@@ -151,17 +176,21 @@ def run_python(
     max_processes: int = 8,
     max_file_mb: int = 16,
     output_cap_bytes: int = 64 * 1024,
+    allow_unisolated: bool | None = None,
 ) -> SandboxResult:
     """Run ``code`` as ``main.py`` in a fresh sandboxed interpreter (stdlib only, no site).
 
     ``files`` are extra files (relative paths) placed next to main.py; ``stdin`` is fed to the
     program and never written inside its directory. ``max_processes`` counts threads too.
+    ``allow_unisolated`` (None: read ``RL2F_ALLOW_UNISOLATED_CODE``) lets the program run on a
+    machine that cannot fully isolate it; otherwise that raises :class:`SandboxUnavailable`.
     """
     _check_limits(timeout_s, memory_mb, max_processes, max_file_mb, output_cap_bytes)
     extra_files = dict(files or {})
     if MAIN_FILE in extra_files:
         raise ValueError(f"files may not replace {MAIN_FILE}")
     iso = isolation()
+    require_isolation(iso, allow_unisolated)
     limits = (
         math.ceil(timeout_s) + 1,  # CPU seconds: a backstop, the wall clock normally fires first
         memory_mb << 20,
@@ -222,8 +251,34 @@ def isolation() -> Isolation:
     if unshare is not None and not _runs(base, probe_uid, [unshare, *_NAMESPACES, "--", python]):
         unshare = None
     if unshare is None:
-        log.warning("sandbox: user/network namespaces unavailable; programs keep network access")
+        log.info("sandbox: user/network namespaces unavailable on this machine")
     return Isolation(python=python, throwaway_uids=throwaway_uids, unshare=unshare)
+
+
+def unisolated_allowed() -> bool:
+    """Whether the user set RL2F_ALLOW_UNISOLATED_CODE=1 (or true/yes)."""
+    return os.environ.get(ALLOW_UNISOLATED_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+def require_isolation(iso: Isolation, allow_unisolated: bool | None = None) -> None:
+    """Raise SandboxUnavailable when ``iso`` lacks a guarantee and running without it was not
+    allowed; when it was, warn once per missing guarantee."""
+    if not iso.missing:
+        return
+    allowed = unisolated_allowed() if allow_unisolated is None else allow_unisolated
+    if not allowed:
+        raise SandboxUnavailable(
+            "sandbox: refusing to run model-written code without isolation: "
+            + "; ".join(iso.missing)
+            + f". Run as root on a kernel that allows user namespaces, or set "
+            f"{ALLOW_UNISOLATED_ENV}=1 to run it anyway (with network access, as your own user)"
+        )
+    _warn_unisolated(tuple(iso.missing))
+
+
+@functools.cache
+def _warn_unisolated(missing: tuple[str, ...]) -> None:
+    log.warning("sandbox: running model-written code without isolation: %s", "; ".join(missing))
 
 
 # ---------------------------------------------------------------- process and identity

@@ -8,9 +8,18 @@ teacher who must explain a failure without revealing the solution, so each top-l
 call, records the call, the expected value as written in the test and what the program actually
 returned or raised. All of that happens in ONE sandbox run: a generated harness reports each
 step on stdout lines that start with a random nonce (read from stdin, so the program cannot
-simply print a fake report). The nonce stops accidental or casual spoofing only: code that
-inspects the harness's memory could still forge a report (the same holds for HumanEval's own
-in-process ``check``). The sandbox is what keeps the machine safe, not the harness.
+simply print a fake report).
+
+A pass needs the harness's final ``done`` report and a clean exit, so a program that exits
+early (``os._exit(0)``, ``sys.exit(0)``, closing stdout) fails. What the entry point returns
+must be plain data (exact builtin types, checked recursively), so an object whose ``__eq__``
+always returns True fails instead of passing every ``==``. The tests run in their own
+namespace with builtins copied before the program loads, so rebinding ``builtins.abs`` does
+not fool them. Not closed: the program shares the harness's process, so code written to
+rewrite the harness in memory (find the nonce through frames and forge reports, patch
+``math.isclose``) could still fake a pass, as with HumanEval's own in-process ``check``.
+Closing that needs the judge in another process (docs/reliability.md). The sandbox is what
+keeps the machine safe, not the harness.
 
 ``verifier_config`` keys: ``test`` (source defining ``check``), ``entry_point`` (the function
 name), optional ``timeout_s`` (default 5), ``memory_mb`` (default 512) and ``prelude`` (code
@@ -106,7 +115,51 @@ def _describe(exc, program_lines, code_lines=None):
     return (text + (where or ""))[:600]
 
 
+# Answers must be plain data, compared by these exact types' own (unpatchable) methods: an
+# object whose __eq__ always returns True, or an int subclass that does, would pass any
+# `assert candidate(x) == expected`.
+_PLAIN_ATOMS = frozenset({type(None), bool, int, float, complex, str, bytes})
+_PLAIN_CONTAINERS = frozenset({list, tuple, set, frozenset, dict})
+_PLAIN_NAMES = "None, bool, int, float, complex, str, bytes, list, tuple, set, frozenset, dict"
+
+
+def _first_non_plain(value, _type=type, _id=id):
+    # The first part of value that is not plain data, or None (cycles are fine).
+    stack, seen = [value], set()
+    while stack:
+        item = stack.pop()
+        kind = _type(item)
+        if kind in _PLAIN_ATOMS:
+            continue
+        if kind not in _PLAIN_CONTAINERS:
+            return item
+        if _id(item) not in seen:
+            seen.add(_id(item))
+            stack.extend(dict.keys(item) if kind is dict else item)
+            if kind is dict:
+                stack.extend(dict.values(item))
+    return None
+
+
+def _plain_results_only(candidate, _type=type):
+    def checked(*args, **kwargs):
+        value = candidate(*args, **kwargs)
+        odd = _first_non_plain(value)
+        if odd is not None:
+            inside = "" if odd is value else " holding a %s" % _type(odd).__name__
+            raise TypeError(
+                "returned a %s object%s; answers must be plain data (%s)"
+                % (_type(value).__name__, inside, _PLAIN_NAMES)
+            )
+        return value
+
+    return checked
+
+
 def main():
+    # Taken before any untrusted code runs: the tests see these builtins even if the program
+    # rebinds builtins.abs or builtins.isinstance.
+    pristine_builtins = dict(vars(builtins))
     payload = json.loads(sys.stdin.read())
     # Stdin is a file that still holds the tests and the nonce: put /dev/null in its place so
     # the program cannot seek back or reopen /proc/self/fd/0 to read them.
@@ -125,12 +178,22 @@ def main():
     program = open("solution.py", encoding="utf-8").read()
     program_lines = program.splitlines()
     ns = {"__name__": "solution", "__builtins__": builtins}
+    # The tests live in their own namespace, loaded before the program can touch anything.
+    tests_ns = {"__name__": "tests", "__builtins__": pristine_builtins}
 
     emit(event="start", phase="load")
+    for namespace in (tests_ns, ns):
+        try:
+            exec(compile(payload["prelude"], "prelude.py", "exec"), namespace)
+        except BaseException as exc:
+            error = "the task prelude failed: " + _describe(exc, [])
+            emit(event="result", phase="load", error=error)
+            return
     try:
-        exec(compile(payload["prelude"], "prelude.py", "exec"), ns)
+        exec(compile(payload["test"], "<tests>", "exec"), tests_ns)
     except BaseException as exc:
-        emit(event="result", phase="load", error="the task prelude failed: " + _describe(exc, []))
+        error = "the task tests failed to load: " + _describe(exc, [])
+        emit(event="result", phase="load", error=error)
         return
     before = ns.get(payload["entry_point"])
     try:
@@ -143,15 +206,14 @@ def main():
         error = "the program does not define a function named %r" % payload["entry_point"]
         emit(event="result", phase="load", error=error)
         return
-    try:
-        exec(compile(payload["test"], "<tests>", "exec"), ns)
-    except BaseException as exc:
-        error = "the task tests failed to load: " + _describe(exc, [])
-        emit(event="result", phase="load", error=error)
-        return
     emit(event="result", phase="load", error=None)
 
-    scope = dict(ns)
+    # Names the tests use but neither they nor the prelude define (helpers such as HumanEval's
+    # poly() when no prelude is given) come from the program.
+    for name, value in ns.items():
+        tests_ns.setdefault(name, value)
+    candidate = _plain_results_only(candidate)
+    scope = dict(tests_ns)
     scope[payload["param"]] = candidate
     for index, step in enumerate(payload["steps"]):
         emit(event="start", phase=index)
@@ -159,7 +221,7 @@ def main():
     if payload["run_whole_check"]:
         emit(event="start", phase="check")
         try:
-            ns["check"](candidate)
+            tests_ns["check"](candidate)
         except BaseException as exc:
             emit(event="result", phase="check", passed=False, error=_describe(exc, program_lines))
         else:
