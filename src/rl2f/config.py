@@ -288,14 +288,6 @@ class TrackingConfig(Strict):
     max_traces: int = Field(default=50, ge=0)
 
 
-class StorageConfig(Strict):
-    enabled: bool = False
-    bucket: str | None = None
-    prefix: str = "rl2f"
-    endpoint_url: str | None = None
-    region: str | None = None
-
-
 class Config(Strict):
     data: DataConfig
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -305,7 +297,6 @@ class Config(Strict):
     distill: DistillConfig = Field(default_factory=DistillConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
-    storage: StorageConfig = Field(default_factory=StorageConfig)
 
 
 # ---------------------------------------------------------------- loading
