@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -61,3 +62,17 @@ def test_settings_that_were_stored_twice_are_gone(key: str, instead: str) -> Non
         load_config(REPO / "params.yaml", [f"{key}=x"])
     section, name = instead.split(".")
     assert name in Config.model_fields[section].annotation.model_fields
+
+
+def test_every_params_yaml_knob_has_a_comment() -> None:
+    """Each key below a section carries a trailing comment or follows a comment line, so that
+    params.yaml reads without config.py open (the descriptions there are the full story)."""
+    bare, depth, above = [], 0, ""
+    for line in (REPO / "params.yaml").read_text().splitlines():
+        # Lines that continue a {flow mapping} belong to the key that opened it.
+        documented = " #" in line or above.lstrip().startswith("#")
+        if depth == 0 and re.match(r"^ +[a-z_]+:", line) and not documented:
+            bare.append(line.strip())
+        depth += line.count("{") - line.count("}")
+        above = line
+    assert not bare, f"params.yaml keys with no comment: {bare}"
