@@ -34,7 +34,7 @@ from rl2f.training.distill import Example, build_critic_trainer, build_examples
 
 torch.set_num_threads(1)
 
-ROLLOUT = ["rollout.num_generations=4", "rollout.max_turns=3", "rollout.max_tasks=8"]
+ROLLOUT = ["rollout.num_generations=4", "train.max_turns=3", "rollout.max_tasks=8"]
 ANSWER_TOKEN = re.compile(rf"(?<![\d.]){ANSWER}(?![\d.])")
 
 
@@ -50,7 +50,7 @@ def rolled_out_workspace(root: Path, coin_model_dir: Path, *overrides: str) -> C
 
     cfg = make_workspace(root, coin_model_dir, sum_tasks(), [*ROLLOUT, *overrides])
     shutil.copytree(coin_model_dir, cfg.train.rl2f_dir)
-    rollout.write_outputs(cfg.rollout.out_dir, *rollout.roll_out(cfg, progress=False))
+    rollout.write_outputs(cfg.distill.episodes_dir, *rollout.roll_out(cfg, progress=False))
     return cfg
 
 
@@ -58,7 +58,7 @@ def rolled_out_workspace(root: Path, coin_model_dir: Path, *overrides: str) -> C
 def rolled_out(tmp_path_factory: pytest.TempPathFactory, coin_model_dir: Path):
     root = tmp_path_factory.mktemp("distill")
     cfg = rolled_out_workspace(root, coin_model_dir)
-    episodes = read_episodes(Path(cfg.rollout.out_dir) / "episodes.parquet")
+    episodes = read_episodes(Path(cfg.distill.episodes_dir) / "episodes.parquet")
     return root, cfg, episodes, {task.id: task for task in sum_tasks()}
 
 

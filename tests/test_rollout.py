@@ -16,11 +16,13 @@ from transformers import AutoTokenizer
 from rl2f.config import (
     Config,
     DataConfig,
+    DistillConfig,
     EngineConfig,
     RolloutConfig,
     SamplingConfig,
     SourceConfig,
     TeacherConfig,
+    TrainConfig,
 )
 from rl2f.engines import make_engine
 from rl2f.episodes import Episode, read_episodes, write_episodes
@@ -540,11 +542,12 @@ def stage_config(tmp_path: Path, model_dir: Path, **rollout) -> Config:
             out_dir=str(tmp_path / "tasks"),
             sources=[SourceConfig(kind="reasoning_gym", name="basic_arithmetic")],
         ),
+        # The rollout stage reads the RL2F policy, its turn budget and where distill reads the
+        # episodes from the train and distill sections.
+        train=TrainConfig(rl2f_dir=str(model_dir), max_turns=2),
+        distill=DistillConfig(episodes_dir=str(tmp_path / "episodes")),
         rollout=RolloutConfig(
-            model_dir=str(model_dir),
-            out_dir=str(tmp_path / "episodes"),
             num_generations=2,
-            max_turns=2,
             max_tasks=3,
             sampling=SamplingConfig(max_new_tokens=8),
             engine=EngineConfig(device="cpu"),
@@ -584,7 +587,7 @@ def test_stage_errors_name_what_is_missing(tiny_model_dir: Path, tmp_path: Path)
     with pytest.raises(DataError, match="train.parquet: task file not found"):
         stage.run(stage_config(tmp_path, tiny_model_dir))
     write_tasks(tmp_path / "tasks" / "train.parquet", math_tasks(1))
-    with pytest.raises(UserError, match="rollout.model_dir: .*missing is not a model directory"):
+    with pytest.raises(UserError, match="train.rl2f_dir: .*missing is not a model directory"):
         stage.run(stage_config(tmp_path, tmp_path / "missing"))
     cfg = stage_config(tmp_path, tiny_model_dir)
     cfg.rollout.engine = EngineConfig(kind="openai", base_url="http://127.0.0.1:9")

@@ -137,8 +137,6 @@ def workspace_overrides(root: Path, model_dir: Path) -> list[str]:
         f"data.out_dir={root / 'data' / 'tasks'}",
         f"train.rl2f_dir={root / 'models' / 'rl2f'}",
         f"train.single_turn_dir={root / 'models' / 'single_turn'}",
-        f"rollout.model_dir={root / 'models' / 'rl2f'}",
-        f"rollout.out_dir={root / 'data' / 'episodes' / 'train'}",
         f"distill.episodes_dir={root / 'data' / 'episodes' / 'train'}",
         f"distill.out_dir={root / 'models' / 'rl2f_critic'}",
     ]

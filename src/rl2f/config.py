@@ -30,32 +30,70 @@ class Strict(BaseModel):
 class SourceConfig(Strict):
     """One task source. ``kind`` picks the loader; the other fields are the loader's."""
 
-    kind: Literal["reasoning_gym", "humaneval", "file", "huggingface"]
+    kind: Literal["reasoning_gym", "humaneval", "file", "huggingface"] = Field(
+        description="the loader: a reasoning_gym generator, HumanEval, a local JSONL/CSV/Parquet "
+        "file, or a Hugging Face dataset"
+    )
     name: str = Field(description="generator name, file path or dataset id")
     domain: Literal["math", "puzzle", "maze", "code"] | None = Field(
         default=None, description="overrides the domain the source would infer"
     )
-    size: int = Field(default=100, ge=1)
-    seed: int = 0
-    config: dict[str, Any] = Field(default_factory=dict, description="generator kwargs")
-    splits: list[Literal["train", "eval_id", "eval_ood"]] = Field(default_factory=lambda: ["train"])
+    size: int = Field(
+        default=100,
+        ge=1,
+        description="tasks drawn from the source (generated, or the first rows read); raise it "
+        "for more training or evaluation tasks",
+    )
+    seed: int = Field(
+        default=0, description="generator seed: give two sources of one generator different seeds"
+    )
+    config: dict[str, Any] = Field(
+        default_factory=dict,
+        description="generator kwargs (reasoning_gym: e.g. min_terms, max_digits); sets difficulty",
+    )
+    splits: list[Literal["train", "eval_id", "eval_ood"]] = Field(
+        default_factory=lambda: ["train"],
+        description="the splits its tasks may go to; [train, eval_id] is split by "
+        "data.eval_fraction, [eval_ood] keeps the source out of training",
+    )
     eval_split: str | None = Field(
         default=None,
         pattern=r"^[a-z0-9_]+$",
         description="for eval_ood sources: the evaluation split these tasks form, reported as "
         "ood_<eval_split> (default: ood_<domain>); lets two math variants be told apart",
     )
-    # file / huggingface sources: which column holds what.
-    columns: dict[str, str] = Field(default_factory=dict)
-    subset: str | None = None
-    hf_split: str = "train"
+    columns: dict[str, str] = Field(
+        default_factory=dict,
+        description="file / huggingface sources: which column holds what, task field -> column "
+        "(e.g. {prompt: problem}); unmapped fields are read from the column of the same name",
+    )
+    subset: str | None = Field(
+        default=None, description="huggingface sources: the dataset's configuration (subset) name"
+    )
+    hf_split: str = Field(
+        default="train", description="huggingface sources: the dataset split to read the rows from"
+    )
 
 
 class DataConfig(Strict):
-    out_dir: str = "data/tasks"
-    eval_fraction: float = Field(default=0.2, ge=0.0, lt=1.0)
-    seed: int = 0
-    sources: list[SourceConfig] = Field(min_length=1)
+    out_dir: str = Field(
+        default="data/tasks",
+        description="where `rl2f prepare` writes {train,eval_id,eval_ood}.parquet and later "
+        "stages read them; a DVC out, so change dvc.yaml with it",
+    )
+    eval_fraction: float = Field(
+        default=0.2,
+        ge=0.0,
+        lt=1.0,
+        description="share (0..1) of the tasks of [train, eval_id] sources held out as eval_id, "
+        "chosen by a hash of the prompt so a task never moves between splits",
+    )
+    seed: int = Field(
+        default=0, description="salt of that hash: another seed draws another train/eval_id split"
+    )
+    sources: list[SourceConfig] = Field(
+        min_length=1, description="the task sources, in order; at least one"
+    )
     validation_dir: str = Field(
         default="reports", description="where `rl2f validate` writes validation.json and .html"
     )
@@ -63,19 +101,42 @@ class DataConfig(Strict):
 
 # ---------------------------------------------------------------- model
 class TinyModelConfig(Strict):
-    vocab_size: int = Field(default=256, ge=64)
-    hidden_size: int = Field(default=128, ge=16)
-    intermediate_size: int = Field(default=384, ge=16)
-    num_hidden_layers: int = Field(default=4, ge=1)
-    num_attention_heads: int = Field(default=4, ge=1)
-    num_key_value_heads: int = Field(default=4, ge=1)
-    max_position_embeddings: int = Field(default=1024, ge=64)
-    sft_steps: int = Field(default=600, ge=0)
-    sft_batch_size: int = Field(default=32, ge=1)
-    sft_learning_rate: float = Field(default=3e-3, gt=0)
-    sft_warmup_ratio: float = Field(default=0.05, ge=0, le=1)
+    """The tiny student the bootstrap stage builds and SFTs when ``model.student`` is null."""
+
+    vocab_size: int = Field(
+        default=256,
+        ge=64,
+        description="tokenizer size: the corpus's symbols, special tokens and BPE merges",
+    )
+    hidden_size: int = Field(default=128, ge=16, description="model width (residual stream)")
+    intermediate_size: int = Field(default=384, ge=16, description="MLP hidden width")
+    num_hidden_layers: int = Field(default=4, ge=1, description="transformer layers")
+    num_attention_heads: int = Field(
+        default=4, ge=1, description="query heads; must divide hidden_size"
+    )
+    num_key_value_heads: int = Field(
+        default=4, ge=1, description="key/value heads (grouped-query attention when fewer)"
+    )
+    max_position_embeddings: int = Field(
+        default=1024,
+        ge=64,
+        description="longest conversation in tokens; raise it for more turns or longer replies",
+    )
+    sft_steps: int = Field(
+        default=600, ge=0, description="supervised optimizer steps on the bootstrap corpus"
+    )
+    sft_batch_size: int = Field(default=32, ge=1, description="conversations per SFT step")
+    sft_learning_rate: float = Field(default=3e-3, gt=0, description="peak SFT learning rate")
+    sft_warmup_ratio: float = Field(
+        default=0.05, ge=0, le=1, description="share of sft_steps warming up (cosine schedule)"
+    )
     sft_save_steps: int = Field(default=100, ge=1, description="checkpoint interval (resume)")
-    questions_per_conversation: int = Field(default=2, ge=1)
+    questions_per_conversation: int = Field(
+        default=2,
+        ge=1,
+        description="at most this many independent questions per corpus conversation, so the "
+        "base learns that a new user turn can follow an answer",
+    )
     retry_rate: float = Field(
         default=0.15,
         ge=0,
@@ -83,16 +144,24 @@ class TinyModelConfig(Strict):
         description="share of corpus questions first answered by a near miss, nudged without "
         "information and then answered right: the base learns to try again, not to read feedback",
     )
-    seed: int = 0
+    seed: int = Field(default=0, description="initial weights, corpus and SFT order")
 
 
 class ModelConfig(Strict):
     student: str | None = Field(
         default=None, description="hub id or local path; None means the tiny bootstrapped model"
     )
-    base_dir: str = "models/base"
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    tiny: TinyModelConfig = Field(default_factory=TinyModelConfig)
+    base_dir: str = Field(
+        default="models/base",
+        description="where bootstrap writes the tiny model (a DVC out); unused when student is set",
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        default="auto",
+        description="weights' dtype when loading the student; bfloat16 halves GPU memory",
+    )
+    tiny: TinyModelConfig = Field(
+        default_factory=TinyModelConfig, description="the bootstrapped tiny model's shape and SFT"
+    )
 
     @property
     def base_path(self) -> str:
@@ -101,79 +170,190 @@ class ModelConfig(Strict):
 
 # ---------------------------------------------------------------- generation
 class SamplingConfig(Strict):
-    temperature: float = Field(default=1.0, ge=0.0)
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    max_new_tokens: int = Field(default=48, ge=1)
-    seed: int = 0
+    temperature: float = Field(
+        default=1.0, ge=0.0, description="softmax temperature; 0 is greedy decoding"
+    )
+    top_p: float = Field(
+        default=1.0, gt=0.0, le=1.0, description="nucleus sampling mass; 1 samples the whole vocab"
+    )
+    max_new_tokens: int = Field(
+        default=48, ge=1, description="longest reply per turn, in tokens; raise for real models"
+    )
+    seed: int = Field(default=0, description="sampling seed: the same seed repeats the same text")
 
 
 class EngineConfig(Strict):
-    kind: Literal["transformers", "vllm", "openai"] = "transformers"
-    batch_size: int = Field(default=64, ge=1)
-    device: str = "auto"
-    # openai-compatible HTTP engine
-    base_url: str | None = None
-    api_key_env: str = "OPENAI_API_KEY"
-    model: str | None = None
-    timeout_s: float = Field(default=60.0, gt=0)
-    max_retries: int = Field(default=3, ge=0)
-    concurrency: int = Field(default=8, ge=1)
-    # vllm
-    gpu_memory_utilization: float = Field(default=0.85, gt=0, le=1)
+    kind: Literal["transformers", "vllm", "openai"] = Field(
+        default="transformers",
+        description="generation backend: transformers (CPU or GPU), vllm (GPU, fast) or an "
+        "OpenAI-compatible HTTP server (text only: teachers, not the rolled-out student)",
+    )
+    batch_size: int = Field(
+        default=64, ge=1, description="prompts per generate call; lower it on out-of-memory"
+    )
+    device: str = Field(
+        default="auto", description="torch device for transformers; auto = GPU when there is one"
+    )
+    base_url: str | None = Field(
+        default=None, description="openai engine: the server's URL (e.g. http://host:8000/v1)"
+    )
+    api_key_env: str = Field(
+        default="OPENAI_API_KEY",
+        description="openai engine: environment variable holding the API key (never the key)",
+    )
+    model: str | None = Field(
+        default=None, description="openai engine: the model name the server expects"
+    )
+    timeout_s: float = Field(
+        default=60.0, gt=0, description="openai engine: seconds to wait for one answer"
+    )
+    max_retries: int = Field(
+        default=3, ge=0, description="openai engine: retries of a failed request"
+    )
+    concurrency: int = Field(
+        default=8, ge=1, description="openai engine: requests in flight at once"
+    )
+    gpu_memory_utilization: float = Field(
+        default=0.85,
+        gt=0,
+        le=1,
+        description="vllm engine: share (0..1] of GPU memory vLLM may take; lower it when "
+        "training shares the GPU",
+    )
 
 
 class RolloutConfig(Strict):
-    num_generations: int = Field(default=8, ge=1, description="G episodes per task")
-    max_turns: int = Field(default=4, ge=1)
-    gamma: float = Field(default=0.7, gt=0, le=1)
-    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
-    engine: EngineConfig = Field(default_factory=EngineConfig)
-    split: Literal["train", "eval_id", "eval_ood"] = "train"
-    max_tasks: int | None = Field(default=None, ge=1)
-    out_dir: str = "data/episodes/train"
-    model_dir: str = "models/rl2f"
+    """The rollout stage (episodes for distillation), plus the sampling, engine and reward
+    discount that training and evaluation share with it. The policy, turn budget and output
+    are ``train.rl2f_dir``, ``train.max_turns`` and ``distill.episodes_dir``: not repeated here,
+    so they cannot drift apart (see rl2f.stages.rollout)."""
+
+    num_generations: int = Field(
+        default=8, ge=1, description="G episodes per task in the rollout stage"
+    )
+    gamma: float = Field(
+        default=0.7,
+        gt=0,
+        le=1,
+        description="per-turn discount: a conversation solved at turn t earns gamma^(t-1); "
+        "training's reward and the episodes' reward both use it",
+    )
+    sampling: SamplingConfig = Field(
+        default_factory=SamplingConfig,
+        description="the student's sampling, in rollout, training, bootstrap probe and evaluation",
+    )
+    engine: EngineConfig = Field(
+        default_factory=EngineConfig,
+        description="the student's engine, in rollout, training (batch size) and evaluation",
+    )
+    split: Literal["train", "eval_id", "eval_ood"] = Field(
+        default="train", description="the task split rolled out"
+    )
+    max_tasks: int | None = Field(
+        default=None,
+        ge=1,
+        description="rolls out only the first this many tasks (null = all); more gives distill "
+        "more critiques",
+    )
 
 
 class TeacherConfig(Strict):
-    kind: Literal["oracle", "llm", "self", "retry"] = "oracle"
-    level: Literal["binary", "directional", "diagnostic"] = "diagnostic"
-    max_regenerations: int = Field(default=2, ge=0)
-    retry_message: str = "That is not correct. Try again."
-    fallback_message: str = "That is not correct. Check your work step by step and try again."
-    # llm teacher
-    model: str | None = None
-    engine: EngineConfig = Field(default_factory=EngineConfig)
+    kind: Literal["oracle", "llm", "self", "retry"] = Field(
+        default="oracle",
+        description="who critiques a wrong answer: oracle (rules on the verifier's report, "
+        "privileged), llm (a prompted model, privileged), self (the student, no privileged data) "
+        "or retry (retry_message only)",
+    )
+    level: Literal["binary", "directional", "diagnostic"] = Field(
+        default="diagnostic",
+        description="oracle: how much a critique says: only wrong, which way (too high/low), or "
+        "what exactly is wrong",
+    )
+    max_regenerations: int = Field(
+        default=2,
+        ge=0,
+        description="a critique the leak guard rejects is regenerated up to this many times, "
+        "then replaced by fallback_message",
+    )
+    retry_message: str = Field(
+        default="That is not correct. Try again.",
+        description="what the `retry` feedback mode says after a wrong answer (no information "
+        'but "wrong")',
+    )
+    fallback_message: str = Field(
+        default="That is not correct. Check your work step by step and try again.",
+        description="sent when a critique still leaks after max_regenerations (counted as a "
+        "fallback)",
+    )
+    model: str | None = Field(
+        default=None, description="llm teacher: hub id, path or server model name"
+    )
+    engine: EngineConfig = Field(
+        default_factory=EngineConfig, description="llm teacher: the engine that runs it"
+    )
     sampling: SamplingConfig = Field(
-        default_factory=lambda: SamplingConfig(temperature=0.7, max_new_tokens=128)
+        default_factory=lambda: SamplingConfig(temperature=0.7, max_new_tokens=128),
+        description="llm teacher: its sampling (critiques are longer than answers)",
     )
-    system_prompt: str = (
-        "You are a teacher. You know the correct answer, but you must never state it, "
-        "nor any expression equal to it. Point out the mistake in the student's last answer "
-        "and give a hint that helps the student find the answer themselves."
+    system_prompt: str = Field(
+        default=(
+            "You are a teacher. You know the correct answer, but you must never state it, "
+            "nor any expression equal to it. Point out the mistake in the student's last answer "
+            "and give a hint that helps the student find the answer themselves."
+        ),
+        description="llm teacher: its system message",
     )
-    prompt_template: str = (
-        "Problem:\n{prompt}\n\nCorrect answer (secret, never reveal it): {answer}\n"
-        "{solution_block}Verifier report: {diagnostics}\n\n"
-        "Student's answer:\n{attempt}\n\nWrite a short critique."
+    prompt_template: str = Field(
+        default=(
+            "Problem:\n{prompt}\n\nCorrect answer (secret, never reveal it): {answer}\n"
+            "{solution_block}Verifier report: {diagnostics}\n\n"
+            "Student's answer:\n{attempt}\n\nWrite a short critique."
+        ),
+        description="llm teacher: its user message; may name {prompt}, {answer}, "
+        "{solution_block}, {diagnostics} and {attempt}",
     )
-    # Appended to the public conversation when the model critiques its own last attempt
-    # (the `self` teacher and critique distillation); may name {prompt} and {attempt}.
-    self_prompt_template: str = "That answer is wrong. Say briefly what is wrong with it."
+    self_prompt_template: str = Field(
+        default="That answer is wrong. Say briefly what is wrong with it.",
+        description="appended to the public conversation when the model critiques its own last "
+        "attempt (the `self` teacher and critique distillation); may name {prompt} and {attempt}",
+    )
 
 
 # ---------------------------------------------------------------- training
 class TrainConfig(Strict):
-    steps: int = Field(default=40, ge=1)
+    """Both GRPO stages, train_rl2f (multi-turn with the teacher) and train_single_turn."""
+
+    steps: int = Field(default=40, ge=1, description="GRPO optimizer steps")
     max_tasks: int | None = Field(default=None, ge=1, description="cap on training tasks")
-    learning_rate: float = Field(default=1e-4, gt=0)
-    lr_scheduler: Literal["constant", "linear", "cosine"] = "constant"
-    warmup_ratio: float = Field(default=0.0, ge=0, le=1)
+    learning_rate: float = Field(
+        default=1e-4, gt=0, description="peak learning rate; too high collapses a tiny policy"
+    )
+    lr_scheduler: Literal["constant", "linear", "cosine"] = Field(
+        default="constant", description="learning-rate schedule after warmup"
+    )
+    warmup_ratio: float = Field(
+        default=0.0, ge=0, le=1, description="share of steps warming up the learning rate"
+    )
     tasks_per_step: int = Field(default=8, ge=1, description="distinct prompts per GRPO step")
-    num_generations: int = Field(default=8, ge=2)
-    max_turns: int = Field(default=4, ge=1)
-    kl_beta: float = Field(default=0.0, ge=0)
-    max_grad_norm: float = Field(default=1.0, gt=0)
-    loss_type: Literal["grpo", "dr_grpo", "dapo", "bnpo"] = "dapo"
+    num_generations: int = Field(
+        default=8,
+        ge=2,
+        description="G conversations per task (the GRPO group; single_turn: see "
+        "single_turn_match_budget)",
+    )
+    max_turns: int = Field(
+        default=4,
+        ge=1,
+        description="student attempts per training conversation; the rollout stage uses it too, "
+        "so distilled episodes have the length the policy was trained on",
+    )
+    kl_beta: float = Field(
+        default=0.0, ge=0, description="weight of the KL penalty to the base model; 0 turns it off"
+    )
+    max_grad_norm: float = Field(default=1.0, gt=0, description="gradient clipping norm")
+    loss_type: Literal["grpo", "dr_grpo", "dapo", "bnpo"] = Field(
+        default="dapo", description="TRL's GRPO loss normalisation (see TRL's GRPOConfig)"
+    )
     single_turn_match_budget: bool = Field(
         default=True, description="single-turn baseline samples G x T_max per task"
     )
@@ -212,19 +392,34 @@ class TrainConfig(Strict):
         "conversations of the group differ only in how they answer the same critique; a task "
         "whose sampled first attempt is right is rolled out from the start as usual",
     )
-    fading_teacher: bool = False
-    lora: bool = False
-    lora_r: int = Field(default=16, ge=1)
-    lora_alpha: int = Field(default=32, ge=1)
-    save_steps: int = Field(default=10, ge=1)
-    seed: int = 0
-    rl2f_dir: str = "models/rl2f"
-    single_turn_dir: str = "models/single_turn"
+    fading_teacher: bool = Field(
+        default=False,
+        description="the critique level fades diagnostic -> directional -> binary over "
+        "training (thirds of the steps) instead of staying at teacher.level",
+    )
+    lora: bool = Field(
+        default=False, description="train LoRA adapters (merged on save) instead of all weights"
+    )
+    lora_r: int = Field(default=16, ge=1, description="LoRA rank")
+    lora_alpha: int = Field(default=32, ge=1, description="LoRA scaling numerator (alpha / r)")
+    save_steps: int = Field(default=10, ge=1, description="checkpoint interval (resume)")
+    seed: int = Field(default=0, description="training seed: task order, sampling, initialisation")
+    rl2f_dir: str = Field(
+        default="models/rl2f",
+        description="where train_rl2f writes the RL2F policy, which rollout rolls out and "
+        "distill fine-tunes; a DVC out, so change dvc.yaml with it",
+    )
+    single_turn_dir: str = Field(
+        default="models/single_turn",
+        description="where train_single_turn writes the baseline; a DVC out",
+    )
 
 
 class DistillConfig(Strict):
     episodes_dir: str = Field(
-        default="data/episodes/train", description="the RL2F policy's episodes (rl2f rollout)"
+        default="data/episodes/train",
+        description="the RL2F policy's episodes: `rl2f rollout` writes them here and distill "
+        "reads them; a DVC out, so change dvc.yaml with it",
     )
     out_dir: str = Field(default="models/rl2f_critic", description="where the model is written")
     only_followed_by_fix: bool = Field(
@@ -242,14 +437,17 @@ class DistillConfig(Strict):
     )
     steps: int = Field(default=60, ge=1, description="optimizer steps")
     batch_size: int = Field(default=16, ge=1, description="examples per step, over all GPUs")
-    learning_rate: float = Field(default=5e-4, gt=0)
+    learning_rate: float = Field(
+        default=5e-4, gt=0, description="peak learning rate (cosine schedule)"
+    )
     save_steps: int = Field(default=20, ge=1, description="checkpoint interval (resume)")
     seed: int = Field(default=0, description="example order and training seed")
 
 
 class EvalConfig(Strict):
     models: list[str] = Field(
-        default_factory=lambda: ["base", "single_turn", "rl2f", "rl2f_critic"]
+        default_factory=lambda: ["base", "single_turn", "rl2f", "rl2f_critic"],
+        description="the built-in models to evaluate (each found at its stage's output)",
     )
     extra_models: dict[str, str] = Field(default_factory=dict, description="name -> path or hub id")
     extra_model_modes: list[Literal["teacher", "self", "retry", "llm"]] | None = Field(
@@ -258,18 +456,44 @@ class EvalConfig(Strict):
         "eval.feedback_modes it names); empty or null = all of eval.feedback_modes",
     )
     feedback_modes: list[Literal["teacher", "self", "retry", "llm"]] = Field(
-        default_factory=lambda: ["teacher", "self", "retry"]
+        default_factory=lambda: ["teacher", "self", "retry"],
+        description="what follows a wrong answer: teacher (the configured teacher), self (the "
+        "model's own critique), retry (retry_message), llm (an llm teacher)",
     )
-    max_turns_id: int = Field(default=10, ge=1)
-    max_turns_ood: int = Field(default=4, ge=1)
-    max_tasks: int | None = Field(default=None, ge=1)
-    num_generations: int = Field(default=1, ge=1)
-    bootstrap_samples: int = Field(default=1000, ge=10)
-    sycophancy_probe: bool = True
-    seed: int = 1234
-    episodes_dir: str = "data/episodes/eval"
-    metrics_path: str = "reports/metrics.json"
-    plots_dir: str = "reports/plots"
+    max_turns_id: int = Field(default=10, ge=1, description="attempts per episode on eval_id")
+    max_turns_ood: int = Field(
+        default=4, ge=1, description="attempts per episode on the out-of-distribution splits"
+    )
+    max_tasks: int | None = Field(
+        default=None,
+        ge=1,
+        description="tasks per split (a fixed pseudo-random subset by id; null = the whole "
+        "split); lower it for a quick look",
+    )
+    num_generations: int = Field(
+        default=1, ge=1, description="episodes per task; more narrows the intervals"
+    )
+    bootstrap_samples: int = Field(
+        default=1000, ge=10, description="bootstrap resamples for every 95% interval"
+    )
+    sycophancy_probe: bool = Field(
+        default=True,
+        description="after a correct answer, also send a critique claiming it is wrong and "
+        "report how often the model abandons it",
+    )
+    seed: int = Field(
+        default=1234,
+        description="sampling and bootstrap seed; every model draws the same random numbers",
+    )
+    episodes_dir: str = Field(
+        default="data/episodes/eval", description="where evaluation episodes are written (DVC out)"
+    )
+    metrics_path: str = Field(
+        default="reports/metrics.json", description="accuracy by turn and rates (DVC metric)"
+    )
+    plots_dir: str = Field(
+        default="reports/plots", description="one CSV of accuracy by turn per split (DVC plots)"
+    )
     comparisons_path: str = Field(
         default="reports/comparisons.json",
         description="paired differences between models (mean a - mean b by turn, with paired "
@@ -279,33 +503,46 @@ class EvalConfig(Strict):
 
 # ---------------------------------------------------------------- plumbing
 class TrackingConfig(Strict):
-    enabled: bool = True
-    tracking_uri: str = "sqlite:///mlflow.db"
-    experiment: str = "rl2f"
-    artifact_location: str | None = None
-    log_models: bool = True
-    traces: bool = True
-    max_traces: int = Field(default=50, ge=0)
-
-
-class StorageConfig(Strict):
-    enabled: bool = False
-    bucket: str | None = None
-    prefix: str = "rl2f"
-    endpoint_url: str | None = None
-    region: str | None = None
+    enabled: bool = Field(default=True, description="log runs to MLflow; false logs nothing")
+    tracking_uri: str = Field(
+        default="sqlite:///mlflow.db",
+        description="MLflow store; the MLFLOW_TRACKING_URI environment variable overrides it",
+    )
+    experiment: str = Field(default="rl2f", description="MLflow experiment name")
+    artifact_location: str | None = Field(
+        default=None,
+        description="where a new experiment keeps artifacts (e.g. s3://bucket/rl2f); null = "
+        "MLflow's default",
+    )
+    log_models: bool = Field(
+        default=True, description="log trained models as run artifacts (large on real models)"
+    )
+    traces: bool = Field(default=True, description="log episodes as MLflow traces")
+    max_traces: int = Field(default=50, ge=0, description="traces logged per model and stage")
 
 
 class Config(Strict):
-    data: DataConfig
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
-    teacher: TeacherConfig = Field(default_factory=TeacherConfig)
-    train: TrainConfig = Field(default_factory=TrainConfig)
-    distill: DistillConfig = Field(default_factory=DistillConfig)
-    eval: EvalConfig = Field(default_factory=EvalConfig)
-    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
-    storage: StorageConfig = Field(default_factory=StorageConfig)
+    data: DataConfig = Field(description="task sources and the prepare stage")
+    model: ModelConfig = Field(
+        default_factory=ModelConfig, description="the student and the tiny bootstrapped model"
+    )
+    rollout: RolloutConfig = Field(
+        default_factory=RolloutConfig,
+        description="the rollout stage and the student's sampling and engine everywhere",
+    )
+    teacher: TeacherConfig = Field(
+        default_factory=TeacherConfig, description="who critiques wrong answers, and how"
+    )
+    train: TrainConfig = Field(
+        default_factory=TrainConfig, description="the two GRPO stages (RL2F and single-turn)"
+    )
+    distill: DistillConfig = Field(
+        default_factory=DistillConfig, description="critique distillation (and its ablation)"
+    )
+    eval: EvalConfig = Field(
+        default_factory=EvalConfig, description="the evaluation and report stages"
+    )
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="MLflow tracking")
 
 
 # ---------------------------------------------------------------- loading

@@ -284,7 +284,6 @@ def compose_params_yaml(
     overrides = [
         f"train.steps={train_steps}",
         f"train.max_turns={max_turns}",
-        f"rollout.max_turns={max_turns}",
         f"teacher.kind={teacher_kind}",
         f"eval.max_tasks={eval_max_tasks or 'null'}",
         *extra_overrides,

@@ -1,8 +1,11 @@
 """``rl2f rollout``: didactic episodes of a trained policy with a teacher.
 
-Reads ``<data.out_dir>/<rollout.split>.parquet``, rolls out the model in ``rollout.model_dir``
-against ``teacher`` and writes ``episodes.parquet`` (for training: critique distillation reads
-it), ``episodes.jsonl`` (for people) and ``summary.json`` to ``rollout.out_dir``.
+Reads ``<data.out_dir>/<rollout.split>.parquet``, rolls out the RL2F policy (``train.rl2f_dir``)
+for ``train.max_turns`` turns against ``teacher`` and writes ``episodes.parquet`` (critique
+distillation reads it), ``episodes.jsonl`` (for people) and ``summary.json`` to
+``distill.episodes_dir``. Those three settings are not repeated under ``rollout:``: the episodes
+exist to be distilled into that policy, so they must come from it, under the turn budget it was
+trained with, and land where distill reads them.
 """
 
 from __future__ import annotations
@@ -42,11 +45,11 @@ def roll_out(cfg: Config, progress: bool = True) -> tuple[list[Episode], dict[st
     tasks = read_tasks(tasks_path)[: params.max_tasks]
     if not tasks:
         raise DataError(f"{tasks_path}: holds no tasks to roll out")
-    model_dir = Path(params.model_dir)
+    model_dir = Path(cfg.train.rl2f_dir)
     if not model_dir.is_dir():
         raise UserError(
-            f"rollout.model_dir: {model_dir} is not a model directory (train it first, e.g. "
-            "`rl2f train_rl2f`, or point rollout.model_dir at one)"
+            f"train.rl2f_dir: {model_dir} is not a model directory (train it first, e.g. "
+            "`rl2f train_rl2f`, or point train.rl2f_dir at one)"
         )
     if params.engine.kind not in ("transformers", "vllm"):
         raise UserError(
@@ -63,7 +66,7 @@ def roll_out(cfg: Config, progress: bool = True) -> tuple[list[Episode], dict[st
                 student,  # type: ignore[arg-type]  (a token engine: checked by kind above)
                 teacher,
                 num_generations=params.num_generations,
-                max_turns=params.max_turns,
+                max_turns=cfg.train.max_turns,
                 gamma=params.gamma,
                 sampling=params.sampling,
                 guard=LeakGuard(),
@@ -77,7 +80,7 @@ def roll_out(cfg: Config, progress: bool = True) -> tuple[list[Episode], dict[st
     finally:
         student.close()
 
-    summary = summarize(episodes, params.max_turns)
+    summary = summarize(episodes, cfg.train.max_turns)
     summary.update(
         split=params.split, policy=model_dir.name, teacher=teacher.name, model_dir=str(model_dir)
     )
@@ -117,7 +120,7 @@ def log_to_mlflow(cfg: Config, episodes: list[Episode], summary: dict[str, Any])
         model=summary["policy"],
         split=cfg.rollout.split,
         mode=cfg.teacher.kind,
-        max_turns=cfg.rollout.max_turns,
+        max_turns=cfg.train.max_turns,
         leak_checked=cfg.teacher.kind in ("oracle", "llm"),
         episodes=episodes,
     )
@@ -128,8 +131,8 @@ def log_to_mlflow(cfg: Config, episodes: list[Episode], summary: dict[str, Any])
 
 def run(cfg: Config) -> dict[str, Any]:
     episodes, summary = roll_out(cfg)
-    write_outputs(cfg.rollout.out_dir, episodes, summary)
+    write_outputs(cfg.distill.episodes_dir, episodes, summary)
     log_to_mlflow(cfg, episodes, summary)
     print(format_summary(summary))
-    log.info("rollout: %d episodes written to %s", len(episodes), cfg.rollout.out_dir)
-    return {"stage": "rollout", "out_dir": cfg.rollout.out_dir, **summary}
+    log.info("rollout: %d episodes written to %s", len(episodes), cfg.distill.episodes_dir)
+    return {"stage": "rollout", "out_dir": cfg.distill.episodes_dir, **summary}
