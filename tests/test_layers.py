@@ -11,7 +11,7 @@ Layers, lowest first. A module belongs to the layer of its longest matching pref
 4   teachers    ``rl2f.teachers``: teacher policies and the guarded critique loop
 5   episodes    ``rl2f.episodes``, ``rl2f.rollout``: episode records, the multi-turn loop
 6   work        ``rl2f.training``, ``rl2f.evaluation`` and what they share or feed:
-                ``rl2f.tracking`` (MLflow), ``rl2f.storage`` (S3), ``rl2f.validation``
+                ``rl2f.tracking`` (MLflow), ``rl2f.validation``
                 (task data checks), ``rl2f.report`` (built from evaluation results)
 7   stages      ``rl2f.stages``: one function per pipeline stage
 8   entry       ``rl2f.cli``, ``rl2f.kubeflow``, ``rl2f.cluster``, ``rl2f.pipeline_io``
@@ -51,7 +51,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "rl2f.training",
             "rl2f.evaluation",
             "rl2f.tracking",
-            "rl2f.storage",
+            
             "rl2f.validation",
             "rl2f.report",
         ),
