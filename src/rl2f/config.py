@@ -213,6 +213,18 @@ class EngineConfig(Strict):
     concurrency: int = Field(
         default=8, ge=1, description="openai engine: requests in flight at once"
     )
+    max_retry_wait_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="openai engine: the longest wait before a retry, even when the server's "
+        "Retry-After asks for more (a rate-limited run slows down but never stalls)",
+    )
+    backoff_s: float = Field(
+        default=0.5,
+        ge=0,
+        description="openai engine: the first wait between retries without a Retry-After; it "
+        "doubles each retry (with jitter), up to 8 s and never past max_retry_wait_s",
+    )
     gpu_memory_utilization: float = Field(
         default=0.85,
         gt=0,

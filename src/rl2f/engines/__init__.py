@@ -98,6 +98,8 @@ def make_engine(
             timeout_s=cfg.timeout_s,
             max_retries=cfg.max_retries,
             concurrency=cfg.concurrency,
+            max_retry_wait_s=cfg.max_retry_wait_s,
+            backoff_s=cfg.backoff_s,
         )
     raise UserError(f"engine.kind: unknown engine {cfg.kind!r}")
 
