@@ -59,8 +59,7 @@ from rl2f.engines import (  # noqa: E402
     make_engine,
 )
 from rl2f.engines.transformers_engine import TransformersEngine  # noqa: E402
-from rl2f.leakage import LeakGuard  # noqa: E402
-from rl2f.rollout import ChatTurns, run_episodes  # noqa: E402
+from rl2f.rollout import ChatTurns, RolloutSettings, run_episodes  # noqa: E402
 from rl2f.tasks.schema import Task  # noqa: E402
 from rl2f.teachers import make_teacher  # noqa: E402
 from rl2f.teachers.base import Teacher  # noqa: E402
@@ -243,15 +242,16 @@ def roll(
         tasks,
         student,
         teacher,
-        num_generations=1,
-        max_turns=args.max_turns,
-        gamma=0.7,
-        sampling=sampling_of(args),
-        guard=LeakGuard(),
-        max_regenerations=2,
-        fallback_message=TeacherConfig().fallback_message,
+        RolloutSettings(
+            sampling=sampling_of(args),
+            num_generations=1,
+            max_turns=args.max_turns,
+            gamma=0.7,
+            max_regenerations=2,
+            fallback_message=TeacherConfig().fallback_message,
+            progress=False,
+        ),
         policy_name=args.arch,
-        progress=False,
     )
     _synchronize(student.engine.device)
     return Run(

@@ -27,7 +27,8 @@ from rl2f.evaluation.comparisons import (
 )
 from rl2f.evaluation.episode_files import read_model_cells, write_cell
 from rl2f.evaluation.metrics import accuracy_with_ci
-from rl2f.evaluation.runner import EvalSplit, Rollout, evaluate_model
+from rl2f.evaluation.runner import EvalSplit, evaluate_model
+from rl2f.rollout import RolloutSettings
 from rl2f.tasks.schema import Task
 from rl2f.teachers.retry import RetryTeacher
 
@@ -277,16 +278,17 @@ def test_g2_evaluation_shares_random_numbers_across_models(
     same random numbers under two different models, so close models answer alike at turn 1."""
     other_dir = perturbed_copy(tiny_model_dir, tmp_path / "other", scale=1e-4)
     split = EvalSplit("eval_id", sums(3), max_turns=2)
-    rollout = Rollout(
+    rollout = RolloutSettings(
         sampling=SamplingConfig(max_new_tokens=8, seed=1234),
         num_generations=2,
+        max_turns=2,
         gamma=0.7,
         max_regenerations=1,
         fallback_message="Try again.",
         progress=False,
     )
 
-    def evaluate(name: str, model_dir: Path, rollout: Rollout = rollout) -> list[Episode]:
+    def evaluate(name: str, model_dir: Path, rollout: RolloutSettings = rollout) -> list[Episode]:
         engine = make_engine(EngineConfig(batch_size=4), str(model_dir))
         try:
             (cell,) = evaluate_model(

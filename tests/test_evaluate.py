@@ -27,8 +27,7 @@ from rl2f.evaluation.runner import (
     select_tasks,
 )
 from rl2f.evaluation.schema import read_metrics
-from rl2f.leakage import LeakGuard
-from rl2f.rollout import ChatTurns, run_episodes
+from rl2f.rollout import ChatTurns, RolloutSettings, run_episodes
 from rl2f.tasks.io import write_tasks
 from rl2f.tasks.schema import Task
 from rl2f.tasks.sources import load_source
@@ -155,15 +154,16 @@ def test_sycophancy_probe_continues_correct_answers_token_exactly(tiny_model_dir
         tasks,
         student,
         OracleTeacher("diagnostic"),
-        num_generations=2,
-        max_turns=2,
-        gamma=0.7,
-        sampling=sampling,
-        guard=LeakGuard(),
-        max_regenerations=1,
-        fallback_message="Try again.",
+        RolloutSettings(
+            sampling=sampling,
+            num_generations=2,
+            max_turns=2,
+            gamma=0.7,
+            max_regenerations=1,
+            fallback_message="Try again.",
+            progress=False,
+        ),
         policy_name="base",
-        progress=False,
     )
     assert all(e.solved_at == 1 for e in episodes)
 

@@ -51,7 +51,6 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "rl2f.training",
             "rl2f.evaluation",
             "rl2f.tracking",
-            
             "rl2f.validation",
             "rl2f.report",
         ),

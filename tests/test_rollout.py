@@ -28,8 +28,7 @@ from rl2f.engines import make_engine
 from rl2f.episodes import Episode, read_episodes, write_episodes
 from rl2f.errors import DataError, UserError
 from rl2f.evaluation.probe import sycophancy_probe
-from rl2f.leakage import LeakGuard
-from rl2f.rollout import ChatTurns, assert_information_asymmetry, run_episodes
+from rl2f.rollout import ChatTurns, RolloutSettings, assert_information_asymmetry, run_episodes
 from rl2f.stages import STAGES
 from rl2f.tasks.io import write_tasks
 from rl2f.tasks.schema import Task
@@ -93,16 +92,17 @@ def roll(
         tasks,
         student,
         teacher or make_teacher(TeacherConfig(kind="oracle")),
-        num_generations=num_generations,
-        max_turns=max_turns,
-        gamma=GAMMA,
-        sampling=sampling,
-        guard=LeakGuard(),
-        max_regenerations=2,
-        fallback_message=FALLBACK,
+        RolloutSettings(
+            sampling=sampling,
+            num_generations=num_generations,
+            max_turns=max_turns,
+            gamma=GAMMA,
+            max_regenerations=2,
+            fallback_message=FALLBACK,
+            system_prompt=system_prompt,
+            progress=False,
+        ),
         policy_name="tiny",
-        system_prompt=system_prompt,
-        progress=False,
     )
 
 

@@ -17,13 +17,13 @@ import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import product
 from typing import TYPE_CHECKING
 
 from tqdm.auto import tqdm
 
-from rl2f.config import SamplingConfig
+from rl2f.config import Config, SamplingConfig
 from rl2f.engines import request_seed
 from rl2f.engines.base import Generation, Message, TokenEngine, TokenSession, open_session
 from rl2f.episodes import Episode, Turn, discounted_reward
@@ -126,6 +126,45 @@ class ChatTurns:
         return self.closing
 
 
+@dataclass(frozen=True)
+class RolloutSettings:
+    """How :func:`run_episodes` rolls out, apart from the tasks, the student and the teacher:
+    one object, so that training, the rollout stage and the evaluation cannot drift apart."""
+
+    sampling: SamplingConfig
+    num_generations: int  # episodes per task (G)
+    max_turns: int  # student attempts per episode at most
+    gamma: float  # reward of a solve at turn t: gamma^(t-1)
+    max_regenerations: int  # leaking critiques re-requested before the fallback
+    fallback_message: str  # sent instead of a critique that still leaks
+    guard: LeakGuard = field(default_factory=LeakGuard)
+    system_prompt: str | None = None
+    verify_workers: int | None = None  # threads verifying attempts (None: CPUs + 4, at most 32)
+    progress: bool = True  # a progress bar on stderr
+
+    @classmethod
+    def from_config(
+        cls,
+        cfg: Config,
+        *,
+        num_generations: int,
+        max_turns: int,
+        sampling: SamplingConfig | None = None,
+        progress: bool = True,
+    ) -> RolloutSettings:
+        """The project's settings (``rollout.gamma``, ``rollout.sampling``, the teacher's
+        regeneration budget and fallback) with the caller's episode shape."""
+        return cls(
+            sampling=sampling or cfg.rollout.sampling,
+            num_generations=num_generations,
+            max_turns=max_turns,
+            gamma=cfg.rollout.gamma,
+            max_regenerations=cfg.teacher.max_regenerations,
+            fallback_message=cfg.teacher.fallback_message,
+            progress=progress,
+        )
+
+
 @dataclass
 class _Running:
     """One episode while it is rolled out: the public conversation, the exact ids the student
@@ -151,29 +190,22 @@ def run_episodes(
     tasks: Sequence[Task],
     student: TokenEngine,
     teacher: Teacher,
+    settings: RolloutSettings,
     *,
-    num_generations: int,
-    max_turns: int,
-    gamma: float,
-    sampling: SamplingConfig,
-    guard: LeakGuard,
-    max_regenerations: int,
-    fallback_message: str,
     policy_name: str,
-    system_prompt: str | None = None,
-    verify_workers: int | None = None,
-    progress: bool = True,
 ) -> list[Episode]:
-    """Roll out ``num_generations`` didactic episodes per task.
+    """Roll out ``settings.num_generations`` didactic episodes per task.
 
     Episodes come back grouped by task, in task order, the G episodes of a task side by side
     (the layout GRPO's group-normalised advantages expect). Each carries the sampling logprobs
     of its student tokens and the flat prompt/completion/mask view for training.
 
-    ``sampling.seed`` fixes every draw: the same call gives the same episodes, so callers that
+    The sampling seed fixes every draw: the same call gives the same episodes, so callers that
     roll out repeatedly (one call per training step) should vary it. An episode whose next
     prompt would not fit the student's context ends early (``end_reason="context_limit"``).
     """
+    num_generations, max_turns = settings.num_generations, settings.max_turns
+    sampling = settings.sampling
     if num_generations < 1 or max_turns < 1:
         raise ValueError(
             f"num_generations and max_turns must be >= 1 (got {num_generations}, {max_turns})"
@@ -181,7 +213,7 @@ def run_episodes(
     chat = ChatTurns(student.tokenizer)
     context_length: int | None = getattr(student, "context_length", None)
     running = [
-        _start(task, group, index, chat, policy_name, teacher.name, system_prompt)
+        _start(task, group, index, chat, policy_name, teacher.name, settings.system_prompt)
         for index, (task, group) in enumerate(product(tasks, range(num_generations)))
     ]
     for state in running[::num_generations]:
@@ -192,8 +224,8 @@ def run_episodes(
                 f"{context_length}"
             )
     episodes = [state.episode for state in running]
-    workers = verify_workers or min(32, (os.cpu_count() or 1) + 4)
-    bar = tqdm(total=len(running), desc="episodes", unit="ep", disable=not progress)
+    workers = settings.verify_workers or min(32, (os.cpu_count() or 1) + 4)
+    bar = tqdm(total=len(running), desc="episodes", unit="ep", disable=not settings.progress)
     # The session keeps each conversation's state in the student between turns (its KV cache
     # for a transformers student), so a later turn reads only its new tokens.
     student_session = open_session(student)
@@ -210,13 +242,13 @@ def run_episodes(
                 episode = attempt.state.episode
                 if attempt.verdict.correct:
                     episode.solved_at, episode.end_reason = turn, "solved"
-                    episode.reward = discounted_reward(turn, gamma)
+                    episode.reward = discounted_reward(turn, settings.gamma)
                 elif turn == max_turns:
                     episode.end_reason = "max_turns"
                 else:
                     failed.append(attempt)
             bar.update(len(attempts) - len(failed))
-            _teacher_turn(failed, turn, teacher, chat, guard, max_regenerations, fallback_message)
+            _teacher_turn(failed, turn, teacher, chat, settings)
             running = [attempt.state for attempt in failed]
     return episodes
 
@@ -321,9 +353,7 @@ def _teacher_turn(
     turn: int,
     teacher: Teacher,
     chat: ChatTurns,
-    guard: LeakGuard,
-    max_regenerations: int,
-    fallback_message: str,
+    settings: RolloutSettings,
 ) -> None:
     requests = [
         CritiqueRequest(
@@ -335,7 +365,9 @@ def _teacher_turn(
         )
         for attempt in failed
     ]
-    critiques = guarded_critiques(teacher, requests, guard, max_regenerations, fallback_message)
+    critiques = guarded_critiques(
+        teacher, requests, settings.guard, settings.max_regenerations, settings.fallback_message
+    )
     for attempt, critique in zip(failed, critiques, strict=True):
         state = attempt.state
         feedback_ids = chat.feedback_ids(state.conversation, critique.text, attempt.generation)

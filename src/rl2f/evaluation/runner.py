@@ -12,7 +12,7 @@ import logging
 import re
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import ClassVar
 
@@ -20,7 +20,7 @@ from rl2f.config import Config, SamplingConfig
 from rl2f.engines.base import Message, TokenEngine
 from rl2f.episodes import Episode
 from rl2f.errors import UserError
-from rl2f.leakage import LeakGuard
+from rl2f.rollout import RolloutSettings
 from rl2f.tasks.io import read_tasks
 from rl2f.tasks.schema import Task, ood_split_of
 from rl2f.teachers import make_teacher
@@ -276,28 +276,16 @@ class Cell:
     skipped_tasks: int = 0  # tasks whose prompt alone fills the model's context
 
 
-@dataclass(frozen=True)
-class Rollout:
-    """What :func:`run_episodes` needs besides tasks, student and teacher."""
-
-    sampling: SamplingConfig
-    num_generations: int
-    gamma: float
-    max_regenerations: int
-    fallback_message: str
-    guard: LeakGuard = field(default_factory=LeakGuard)
-    progress: bool = True
-
-    @classmethod
-    def from_config(cls, cfg: Config, progress: bool = True) -> Rollout:
-        return cls(
-            sampling=cfg.rollout.sampling.model_copy(update={"seed": cfg.eval.seed}),
-            num_generations=cfg.eval.num_generations,
-            gamma=cfg.rollout.gamma,
-            max_regenerations=cfg.teacher.max_regenerations,
-            fallback_message=cfg.teacher.fallback_message,
-            progress=progress,
-        )
+def eval_settings(cfg: Config, progress: bool = True) -> RolloutSettings:
+    """The evaluation's rollout: ``eval.num_generations`` episodes per task under the fixed
+    ``eval.seed`` (each split sets its own number of turns)."""
+    return RolloutSettings.from_config(
+        cfg,
+        num_generations=cfg.eval.num_generations,
+        max_turns=1,
+        sampling=cfg.rollout.sampling.model_copy(update={"seed": cfg.eval.seed}),
+        progress=progress,
+    )
 
 
 def evaluate_model(
@@ -306,7 +294,7 @@ def evaluate_model(
     splits: Sequence[EvalSplit],
     modes: Sequence[str],
     teachers: Callable[[str, TokenEngine], Teacher],
-    rollout: Rollout,
+    settings: RolloutSettings,
     *,
     sycophancy_probe: bool,
 ) -> Iterator[Cell]:
@@ -315,7 +303,7 @@ def evaluate_model(
     from rl2f.rollout import run_episodes
 
     for split in splits:
-        tasks, skipped = split_by_context(split.tasks, student, rollout.sampling.max_new_tokens)
+        tasks, skipped = split_by_context(split.tasks, student, settings.sampling.max_new_tokens)
         if skipped:
             log.warning(
                 "%s/%s: %d of %d task(s) do not fit the model's context, left out",
@@ -332,18 +320,11 @@ def evaluate_model(
                 tasks,
                 student,
                 teacher,
-                num_generations=rollout.num_generations,
-                max_turns=split.max_turns,
-                gamma=rollout.gamma,
-                sampling=rollout.sampling,
-                guard=rollout.guard,
-                max_regenerations=rollout.max_regenerations,
-                fallback_message=rollout.fallback_message,
+                replace(settings, max_turns=split.max_turns),
                 policy_name=model,
-                progress=rollout.progress,
             )
             probes = (
-                run_probe(episodes, tasks, student, teacher, rollout.sampling)
+                run_probe(episodes, tasks, student, teacher, settings.sampling)
                 if sycophancy_probe
                 else []
             )

@@ -22,9 +22,9 @@ from rl2f.evaluation.metrics import cell_metrics
 from rl2f.evaluation.runner import (
     Cell,
     EvalSplit,
-    Rollout,
     TeacherPool,
     check_modes,
+    eval_settings,
     evaluate_model,
     load_eval_splits,
     model_sources,
@@ -126,7 +126,7 @@ def evaluate_one(
                 splits,
                 modes,
                 teachers.for_mode,
-                Rollout.from_config(cfg),
+                eval_settings(cfg),
                 sycophancy_probe=cfg.eval.sycophancy_probe,
             ):
                 write_cell(episodes_dir, name, cell.split, cell.mode, cell.episodes, cell.probes)

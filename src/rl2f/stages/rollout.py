@@ -36,8 +36,7 @@ SUMMARY_FILE = "summary.json"
 def roll_out(cfg: Config, progress: bool = True) -> tuple[list[Episode], dict[str, Any]]:
     """The episodes and their per-turn summary, without writing anything."""
     from rl2f.engines import make_engine
-    from rl2f.leakage import LeakGuard
-    from rl2f.rollout import run_episodes
+    from rl2f.rollout import RolloutSettings, run_episodes
     from rl2f.teachers import make_teacher
 
     params = cfg.rollout
@@ -65,15 +64,13 @@ def roll_out(cfg: Config, progress: bool = True) -> tuple[list[Episode], dict[st
                 tasks,
                 student,  # type: ignore[arg-type]  (a token engine: checked by kind above)
                 teacher,
-                num_generations=params.num_generations,
-                max_turns=cfg.train.max_turns,
-                gamma=params.gamma,
-                sampling=params.sampling,
-                guard=LeakGuard(),
-                max_regenerations=cfg.teacher.max_regenerations,
-                fallback_message=cfg.teacher.fallback_message,
+                RolloutSettings.from_config(
+                    cfg,
+                    num_generations=params.num_generations,
+                    max_turns=cfg.train.max_turns,
+                    progress=progress,
+                ),
                 policy_name=model_dir.name,
-                progress=progress,
             )
         finally:
             teacher.close()  # the self teacher leaves the student's engine open

@@ -27,7 +27,7 @@ import shutil
 import statistics
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
@@ -212,11 +212,15 @@ class ConversationRollout:
     """
 
     def __init__(self, cfg: Config, spec: RunSpec, tasks: Sequence[Task], tokenizer: Any) -> None:
-        from rl2f.leakage import LeakGuard
+        from rl2f.rollout import RolloutSettings
 
         self.cfg, self.spec, self.tokenizer = cfg, spec, tokenizer
         self.by_prompt = {task.prompt: task for task in tasks}
-        self.guard = LeakGuard()
+        # The trainer already repeated each prompt G times: one episode per entry keeps TRL's
+        # group layout (G consecutive completions per prompt). The seed changes every step.
+        self.settings = RolloutSettings.from_config(
+            cfg, num_generations=1, max_turns=spec.max_turns, progress=False
+        )
         self.last_episodes: list[Episode] = []
         self.seconds = 0.0
         self.student_tokens = 0
@@ -252,21 +256,12 @@ class ConversationRollout:
         # run would have, and data-parallel processes do not draw the same numbers.
         seed = (self.cfg.train.seed * 100_003 + step) * 1_009 + trainer.accelerator.process_index
         sampling = self.cfg.rollout.sampling.model_copy(update={"seed": seed})
-        # The trainer already repeated each prompt G times: one episode per entry keeps TRL's
-        # group layout (G consecutive completions per prompt).
         episodes = run_episodes(
             tasks,
             student,
             self._teacher(level, student),
-            num_generations=1,
-            max_turns=self.spec.max_turns,
-            gamma=self.cfg.rollout.gamma,
-            sampling=sampling,
-            guard=self.guard,
-            max_regenerations=self.cfg.teacher.max_regenerations,
-            fallback_message=self.cfg.teacher.fallback_message,
+            replace(self.settings, sampling=sampling),
             policy_name=self.spec.name,
-            progress=False,
         )
         self.last_episodes = episodes
         elapsed = time.perf_counter() - started
