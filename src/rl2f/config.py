@@ -395,15 +395,6 @@ class TrainConfig(Strict):
         description="with per_turn_credit: negative advantages of turns after the first are "
         "dropped, so a wrong revision (mostly right steps, wrong result) is not pushed down",
     )
-    branched_share: float = Field(
-        default=0.0,
-        ge=0,
-        le=1,
-        description="with per_turn_credit: the share of a step's tasks rolled out from a shared "
-        "wrong first attempt (the student's own, sampled once) and its critique, so the G "
-        "conversations of the group differ only in how they answer the same critique; a task "
-        "whose sampled first attempt is right is rolled out from the start as usual",
-    )
     fading_teacher: bool = Field(
         default=False,
         description="the critique level fades diagnostic -> directional -> binary over "
