@@ -285,7 +285,7 @@ def test_persistent_leak_falls_back_after_max_regenerations(guard, code_tasks):
     task = code_tasks[0]
     teacher = ScriptedTeacher(["Paste this:\n{solution}"])
     guarded = guarded_critiques(teacher, [request_for(task)], guard, 2, FALLBACK)
-    assert guarded == [GuardedCritique(FALLBACK, 3, True, guarded[0].flags)]
+    assert guarded == [GuardedCritique(FALLBACK, 3, True, guarded[0].flags, "leak")]
     assert guarded[0].flags.solution_overlap
     assert [batch[0][1] for batch in teacher.batches] == [0, 1, 2]
 
@@ -314,7 +314,9 @@ def test_leak_stats_count_every_case(guard, code_tasks):
     assert dict(stats.by_check) == {
         "answer_string": 2,
         "numeric_equivalent": 2,
+        "written_number": 0,
         "solution_overlap": 1,
+        "llm_judge": 0,
     }
     assert stats.leak_rate == pytest.approx(0.75)
     metrics = stats.as_metrics()
