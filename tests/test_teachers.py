@@ -294,8 +294,8 @@ def test_math_direction_and_size(math_tasks):
     assert critique("directional", high) in PHRASES["too_high"]  # direction only
 
     diagnostic = critique("diagnostic", high)
-    assert phrased("too_high", diagnostic) and "at least ten but less than a hundred" in diagnostic
-    assert "less than ten" in critique("diagnostic", low)
+    assert phrased("too_high", diagnostic) and "a two-digit amount" in diagnostic
+    assert "a single-digit amount" in critique("diagnostic", low)
     # Sizes are words: a math critique holds no number at all, so it cannot hold the answer.
     assert not re.search(r"\d", diagnostic)
 

@@ -104,6 +104,19 @@ _SPACED_DIGITS = re.compile(r"(?<![\w.])\d(?:[ _']\d)+(?![\w.])")
 _GROUPED_DIGITS = re.compile(r"(?<![\w.])\d{1,3}(?:[ _']\d{3})+(?![\w.])")
 
 
+# Plural place names are positions or vague amounts, not values ("your tens digit", "thousands of
+# ways"); text2num would read "tens and hundreds" as 1000.
+_PLURAL_PLACES = re.compile(r"\b(?:tens|hundreds|thousands|millions|billions|dozens)\b", re.I)
+
+
+def _number_words(text: str) -> str:
+    """text2num's reading of number words, applied between plural place names only."""
+    pieces = _PLURAL_PLACES.split(text)
+    places = _PLURAL_PLACES.findall(text)
+    out = [alpha2digit(_small_numbers(piece), "en") if piece.strip() else piece for piece in pieces]
+    return "".join(part for pair in zip(out, [*places, ""], strict=True) for part in pair)
+
+
 def _roman(match: re.Match[str]) -> str:
     word = match.group()
     if word in _ROMAN_WORDS:
@@ -128,7 +141,7 @@ def rewrite_numbers(text: str) -> str:
     """``text`` with numbers in words, Roman numerals, spaced digits, scientific notation and
     arithmetic in words rewritten as plain digits and operators; everything else unchanged."""
     text = _ROMAN.sub(_roman, text)
-    text = alpha2digit(_small_numbers(text), "en")
+    text = _number_words(text)
     text = _signs(text)
     for pattern, symbol in _OPERATORS:
         text = pattern.sub(symbol, text)
