@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 import pytest
 
@@ -132,6 +133,102 @@ def test_equal_values_leak(guard, answer, critique):
 )
 def test_other_values_do_not_leak(guard, answer, critique):
     assert not guard.check(math_task(answer), critique).leaked
+
+
+# ------------------------------------------------------------------ numbers written another way
+@pytest.mark.parametrize(
+    ("answer", "critique"),
+    [
+        ("12", "The answer is twelve."),
+        ("12", "It is Twelve, not thirteen."),
+        ("-12", "It is minus twelve."),
+        ("-12", "negative twelve"),
+        ("21", "Think twenty-one."),
+        ("105", "It is one hundred and five."),
+        ("2024", "two thousand and twenty four"),
+        ("12", "The digits are 1 2."),
+        ("12", "Write 1_2."),
+        ("12000", "About 12 000."),
+        ("12", "In scientific notation: 1.2e1."),
+        ("12", "It is 1.2E+1."),
+        ("1200", "It is 1.2 x 10^3."),
+        ("12", "Chapter XII."),
+        ("1994", "mcmxciv"),
+        ("12", "seven plus five"),
+        ("12", "Try three times four."),
+        ("12", "It is a sum of 10 and 2."),
+        ("12", "the sum of ten and two"),
+        ("12", "the difference between 2 and 14"),
+        ("12", "half of 24"),
+        ("12", "twice six"),
+        ("12.5", "twelve and a half"),
+        ("0.5", "zero point five"),
+        ("3", "fifteen divided by five"),
+    ],
+)
+def test_numbers_written_another_way_leak(guard, answer, critique):
+    flags = guard.check(math_task(answer), critique)
+    assert flags.written_number and flags.fired == ("written_number",), flags
+    assert flags.evidence
+
+
+@pytest.mark.parametrize(
+    ("answer", "critique"),
+    [
+        ("12", "The error is less than ten."),
+        ("12", "Your tens digit is wrong; the units digit is right."),
+        ("12", "Your tens and hundreds digits are wrong."),
+        ("1", "Take it one step at a time."),
+        ("1", "One of your digits is wrong."),
+        ("1", "I think you are off by one."),  # alone, one/two/three stay words
+        ("2", "Check the two numbers again."),
+        ("10", "X marks the spot: check the sign."),  # single letters are not numerals
+        ("1009", "You mix up the terms."),
+        ("5", "The error is a single-digit amount."),
+        ("12", "minus twelve"),  # the opposite sign is another value
+        ("12", "Your answer 1 is too small, 2 steps remain."),
+        ("12", "Answer with digits only, e.g. 3 or 4."),
+    ],
+)
+def test_ordinary_prose_is_not_a_written_number(guard, answer, critique):
+    assert not guard.check(math_task(answer), critique).leaked
+
+
+def test_restating_the_prompt_in_words_is_public(guard):
+    task = math_task("12", prompt="What is ten plus two?")
+    assert not guard.check(task, "Read it again: ten plus two.").leaked
+    assert not guard.check(task, "Read it again: 10 + 2.").leaked
+    assert guard.check(task, "It is twelve.").written_number
+
+
+def test_oracle_critiques_pass_the_guard_on_many_generated_tasks(guard):
+    """The false-positive side: the oracle's critiques on hundreds of generated problems,
+    round answers (10, 100, 1000) included, almost never fall back. The figure is printed for
+    the report."""
+    from rl2f.tasks.verifiers import verify
+    from rl2f.teachers.oracle import OracleTeacher
+
+    source = SourceConfig(
+        kind="reasoning_gym", name="basic_arithmetic", size=150, seed=11, domain="math",
+        config={"min_terms": 2, "max_terms": 3, "min_digits": 1, "max_digits": 3},
+    )  # fmt: skip
+    tasks = load_source(source)
+    tasks += [math_task(str(value), f"Compute {value} - 0.") for value in (10, 100, 1000, 12)]
+    requests = []
+    for task in tasks:
+        answer = int(task.answer)
+        for offset in (-150, -23, -10, -3, 1, 9, 11, 40, 1200):
+            attempt = f"Answer: {answer + offset}"
+            verdict = verify(task, attempt)
+            requests.append(replace(request_for(task, attempt), verdict=verdict))
+    stats = LeakStats()
+    for level in ("directional", "diagnostic"):
+        guarded = guarded_critiques(OracleTeacher(level), requests, guard, 2, FALLBACK)
+        stats = stats + LeakStats.of(guarded)
+    print(f"oracle on {len(tasks)} tasks: {stats.critiques} critiques, "
+          f"leak rate {stats.leak_rate:.2%}, fallback rate {stats.fallback_rate:.2%}")  # fmt: skip
+    assert stats.critiques >= 2000
+    assert stats.fallback_rate < 0.01, dict(stats.by_check)
 
 
 def test_symbolic_checks_work_from_worker_threads(guard):

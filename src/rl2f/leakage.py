@@ -146,6 +146,11 @@ class _Privileged:
     prompt_written_compact: str  # the same with numbers in words read as digits
     solution_ngrams: frozenset[tuple[str, ...]]
 
+    @property
+    def public_text(self) -> str:
+        """Where a restated expression is looked up: the prompt as written and as read."""
+        return f"{self.prompt_compact}\x1f{self.prompt_written_compact}"
+
 
 @lru_cache(maxsize=4096)
 def _privileged(domain: str, prompt: str, answer: str, solution: str | None, n: int) -> _Privileged:
@@ -440,7 +445,7 @@ class LeakGuard:
     def _numeric_evidence(self, private: _Privileged, critique: str) -> list[str]:
         if private.value is None and not private.symbolic:
             return []
-        hits = self._candidate_hits(private, numeric_candidates(critique), private.prompt_compact)
+        hits = self._candidate_hits(private, numeric_candidates(critique), private.public_text)
         # Math written in LaTeX that did not reduce to a plain rational above (sqrt(12), pi/2)
         # goes to math-verify; for a symbolic answer every span does.
         asked = [
@@ -460,8 +465,7 @@ class LeakGuard:
         rewritten = rewrite_numbers(critique)
         if rewritten == critique:
             return []
-        public = private.prompt_compact + "\x1f" + private.prompt_written_compact
-        hits = self._candidate_hits(private, numeric_candidates(rewritten), public)
+        hits = self._candidate_hits(private, numeric_candidates(rewritten), private.public_text)
         return [f"{hit} (written out)" for hit in hits]
 
     def _candidate_hits(

@@ -96,12 +96,14 @@ _PHRASES: list[tuple[re.Pattern[str], Callable[[re.Match[str]], str]]] = [
     (re.compile(rf"({_NUM})\s+and\s+a\s+half\b", re.I), lambda m: f"({m.group(1)} + 1/2)"),
 ]
 
+# Where a number ends: not inside a word or a decimal, but a full stop may follow.
+_END = r"(?!\w|\.\d)"
 # 1.2e1, 1.2E+1, 1.2 x 10^1 (the multiplication sign is normalised by the guard beforehand).
-_SCIENTIFIC = re.compile(r"(?<![\w.])(-?\d+(?:\.\d+)?)[eE]([-+]?\d+)(?![\w.])")
+_SCIENTIFIC = re.compile(rf"(?<![\w.])(-?\d+(?:\.\d+)?)[eE]([-+]?\d+){_END}")
 _TIMES_TEN = re.compile(r"(?<=\d)\s*[xX]\s*(?=10\s*(?:\^|\*\*))")
 # Digits spelt out one by one ("1 2", "1_2") or grouped by spaces ("12 000"): one number.
-_SPACED_DIGITS = re.compile(r"(?<![\w.])\d(?:[ _']\d)+(?![\w.])")
-_GROUPED_DIGITS = re.compile(r"(?<![\w.])\d{1,3}(?:[ _']\d{3})+(?![\w.])")
+_SPACED_DIGITS = re.compile(rf"(?<![\w.])\d(?:[ _']\d)+{_END}")
+_GROUPED_DIGITS = re.compile(rf"(?<![\w.])\d{{1,3}}(?:[ _']\d{{3}})+{_END}")
 
 
 # Plural place names are positions or vague amounts, not values ("your tens digit", "thousands of
