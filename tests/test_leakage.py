@@ -4,6 +4,7 @@ facts, and the regenerate-then-fall-back loop counts what it did."""
 from __future__ import annotations
 
 import json
+import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
@@ -443,3 +444,62 @@ def test_a_teacher_returning_the_wrong_number_of_critiques_is_an_error(guard):
             FALLBACK,
         )
     assert guarded_critiques(Short(["x"]), [], guard, 1, FALLBACK) == []
+
+
+# ------------------------------------------------------------------ the optional LLM judge
+def judge_reply(messages: list[dict[str, str]]) -> str:
+    """A judge model on a real HTTP server: it sees through a hint that spells out how to get
+    the secret answer (what string matching cannot), and rambles about one critique."""
+    prompt = messages[-1]["content"]
+    secret = re.search(r"Secret answer: (.*)", prompt).group(1)
+    critique = prompt.split("Critique:\n", 1)[1].split("\n\nReply with", 1)[0]
+    if "ramble" in critique:
+        return "Well, it depends on how you look at it."
+    return "YES" if "add your two numbers" in critique and secret else "NO."
+
+
+def test_llm_judge_catches_what_strings_miss_over_a_real_server():
+    from servers import scripted_chat_engine
+
+    from rl2f.leakage import LeakJudge
+
+    task = math_task("12", "Compute 7 + 5.")
+    critiques = [
+        "Just add your two numbers and write that.",  # only the judge sees it
+        "The answer is 12.",  # strings catch it; the judge is not asked
+        "Check the carry.",  # clean
+        "I ramble about carries.",  # an unreadable verdict passes, and is counted
+    ]
+    with scripted_chat_engine(judge_reply) as engine:
+        judge = LeakJudge(engine)
+        guard = LeakGuard(judge=judge)
+        flags = guard.check_many([(task, text) for text in critiques])
+        assert [f.fired for f in flags] == [
+            ("llm_judge",), ("answer_string", "numeric_equivalent"), (), ()
+        ]
+        assert flags[0].evidence == ("llm judge",)
+        assert (judge.asked, judge.revealed, judge.unreadable) == (3, 1, 1)
+        # In the loop: the judge's rejection is regenerated and counted under its own check.
+        teacher = ScriptedTeacher(["Just add your two numbers.", "Check the carry."])
+        guarded = guarded_critiques(teacher, [request_for(task)], guard, 2, FALLBACK)
+    assert guarded[0].text == "Check the carry." and guarded[0].leaked_attempts == 1
+    assert dict(LeakStats.of(guarded).by_check)["llm_judge"] == 1
+    assert not LeakGuard().check(task, critiques[0]).leaked  # without a judge it passes
+
+
+def test_llm_judge_runs_on_a_real_small_model(tiny_model_dir):
+    """The judge works with any engine; the untrained tiny model's verdicts are noise, so only
+    the bookkeeping is checked: every critique asked once, in one batch."""
+    from rl2f.config import EngineConfig
+    from rl2f.engines import make_engine
+    from rl2f.leakage import LeakJudge
+
+    engine = make_engine(EngineConfig(kind="transformers", device="cpu"), str(tiny_model_dir))
+    try:
+        judge = LeakJudge(engine)
+        task = math_task("12")
+        verdicts = judge.judge([(task, "Check the carry."), (task, "Look at the sign.")])
+    finally:
+        engine.close()
+    assert len(verdicts) == 2 and all(isinstance(v, bool) for v in verdicts)
+    assert judge.asked == 2 and judge.revealed + judge.unreadable <= 2
