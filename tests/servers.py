@@ -149,9 +149,7 @@ class FaultyChatServer:
     message's requests from 0. ``reply(messages)``, when given, writes the content of a normal
     reply from the whole conversation instead of the echo (a scripted model)."""
 
-    def __init__(
-        self, script, slow_s: float = 1.0, retry_after: str = "0.05", reply=None
-    ) -> None:
+    def __init__(self, script, slow_s: float = 1.0, retry_after: str = "0.05", reply=None) -> None:
         self.script = script
         self.reply = reply
         self.slow_s = slow_s

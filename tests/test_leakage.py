@@ -475,7 +475,10 @@ def test_llm_judge_catches_what_strings_miss_over_a_real_server():
         guard = LeakGuard(judge=judge)
         flags = guard.check_many([(task, text) for text in critiques])
         assert [f.fired for f in flags] == [
-            ("llm_judge",), ("answer_string", "numeric_equivalent"), (), ()
+            ("llm_judge",),
+            ("answer_string", "numeric_equivalent"),
+            (),
+            (),
         ]
         assert flags[0].evidence == ("llm judge",)
         assert (judge.asked, judge.revealed, judge.unreadable) == (3, 1, 1)

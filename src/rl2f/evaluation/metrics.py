@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from rl2f.episodes import Episode, Turn
+from rl2f.teachers.guarded import LeakStats
 
 CI_LEVEL = 0.95
 CONTEXT_LIMIT = "context_limit"  # Episode.end_reason of an episode that outgrew the context
@@ -151,6 +152,13 @@ def rate(numerator: int, denominator: int) -> float | None:
 
 
 # ---------------------------------------------------------------- one cell
+def leak_rate_by_check(critiques: Sequence[Turn]) -> dict[str, float | None]:
+    """Share of critiques each leak check rejected a version of (the guard's own stats, read
+    back from the stored teacher turns); None for every check when there were no critiques."""
+    stats = LeakStats.of_turns(critiques)
+    return {name: rate(count, stats.critiques) for name, count in stats.by_check}
+
+
 def cell_metrics(
     episodes: Sequence[Episode],
     *,
@@ -193,9 +201,9 @@ def cell_metrics(
         "leak_rate": rate(sum(t.leaked_attempts > 0 for t in critiques), len(critiques))
         if leak_checked
         else None,
-        "fallback_rate": rate(sum(t.fell_back for t in critiques), len(critiques))
-        if leak_checked
-        else None,
+        "leak_rate_by_check": leak_rate_by_check(critiques) if leak_checked else None,
+        # Any teacher can fall back (an empty self critique too), so this is always counted.
+        "fallback_rate": rate(sum(t.fell_back for t in critiques), len(critiques)),
         "mean_student_tokens": float(np.mean(student_tokens)) if student_tokens else 0.0,
         "context_exhausted": sum(e.end_reason == CONTEXT_LIMIT for e in episodes),
         "skipped_tasks": skipped_tasks,

@@ -113,6 +113,8 @@ def log_to_mlflow(cfg: Config, episodes: list[Episode], summary: dict[str, Any])
         "rollout/leak_rate_overall",
         sum(summary["leaked_critiques_by_turn"]) / total if total else 0.0,
     )
+    for check, count in summary["leaks_by_check"].items():
+        run.log_metric(f"rollout/leak_rate/{check}", count / total if total else 0.0)
     cell = Cell(
         model=summary["policy"],
         split=cfg.rollout.split,

@@ -76,7 +76,7 @@ def _pair(op: str) -> Callable[[re.Match[str]], str]:
 
 
 def _difference(match: re.Match[str]) -> str:
-    """"The difference between 2 and 14" is 12 either way round."""
+    """The difference between 2 and 14 is 12 either way round."""
     a, b = (Fraction(match.group(i)) for i in (1, 2))
     big, small = (match.group(1), match.group(2)) if a >= b else (match.group(2), match.group(1))
     return f"({big} - {small})"

@@ -101,8 +101,7 @@ class LeakStats:
     def rate_by_check(self) -> dict[str, float]:
         """Share of critiques whose rejected versions each check fired on."""
         return {
-            name: count / self.critiques if self.critiques else 0.0
-            for name, count in self.by_check
+            name: count / self.critiques if self.critiques else 0.0 for name, count in self.by_check
         }
 
     @property
@@ -164,9 +163,7 @@ def guarded_critiques(
     pending = list(range(len(requests)))
     for round_index in range(max_regenerations + 1):
         leaking = []
-        written = [(index, text) for index, text in zip(pending, texts, strict=True) if text.strip()]
-        checked = guard.check_many([(requests[index].task, text) for index, text in written])
-        flags_of = dict(zip([index for index, _ in written], checked, strict=True))
+        flags_of = _check_written(guard, requests, pending, texts)
         for index, text in zip(pending, texts, strict=True):
             flags = flags_of.get(index)
             if flags is None:
@@ -197,6 +194,16 @@ def guarded_critiques(
             fallback_message, "leak", rejected[index], rejected_flags[index]
         )
     return [result for result in results if result is not None]
+
+
+def _check_written(
+    guard: LeakGuard, requests: list[CritiqueRequest], pending: list[int], texts: list[str]
+) -> dict[int, LeakFlags]:
+    """Flags of every non-empty critique, by request index, in one guard call (one judge batch);
+    an empty critique has nothing to check."""
+    written = [(index, text) for index, text in zip(pending, texts, strict=True) if text.strip()]
+    checked = guard.check_many([(requests[index].task, text) for index, text in written])
+    return dict(zip([index for index, _ in written], checked, strict=True))
 
 
 def _empty_fallback(message: str, rejected: int, flags: LeakFlags) -> GuardedCritique:

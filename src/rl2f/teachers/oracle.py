@@ -12,9 +12,9 @@ what the tiny default model trains with. Three levels of informativeness, for ab
 Two rules keep the critiques from giving the answer away. They never state the answer or a
 value equal to it (the leak guard checks that too). And a hint is never so precise that,
 together with the student's own attempt, it pins the answer down: "too high by a single-digit
-amount" is given, "off by 3" is not (attempt - 3 is the answer), and sign and digit hints are given only
-when every critique the student could receive leaves at least :data:`MIN_CONSISTENT_ANSWERS`
-possible answers (see :func:`integer_hints`).
+amount" is given, "off by 3" is not (attempt - 3 is the answer), and sign and digit hints are
+given only when every critique the student could receive leaves at least
+:data:`MIN_CONSISTENT_ANSWERS` possible answers (see :func:`integer_hints`).
 
 Critiques are short and regular (the tiny model must learn to read them), with a few phrasings
 per message chosen deterministically from the task id, turn and regeneration attempt, so a
