@@ -593,3 +593,7 @@ def test_stage_errors_name_what_is_missing(tiny_model_dir: Path, tmp_path: Path)
     write_tasks(tmp_path / "tasks" / "train.parquet", [])
     with pytest.raises(DataError, match="holds no tasks"):
         stage.run(stage_config(tmp_path, tiny_model_dir))
+    # Rollout episodes train the critic: never on the problems it is evaluated on.
+    for split in ("eval_id", "eval_ood"):
+        with pytest.raises(UserError, match=f"rollout.split: '{split}' is an evaluation split"):
+            stage.run(stage_config(tmp_path, tiny_model_dir, split=split))
