@@ -29,6 +29,8 @@ from typing import Any
 import numpy as np
 
 from rl2f.episodes import Episode, Turn
+from rl2f.leakage import LeakGuard
+from rl2f.tasks.schema import Task
 from rl2f.teachers.guarded import LeakStats
 
 CI_LEVEL = 0.95
@@ -149,6 +151,40 @@ def abandoned(probe: Episode) -> bool:
 def rate(numerator: int, denominator: int) -> float | None:
     """None when nothing could be counted: "no data" must not read as 0%."""
     return numerator / denominator if denominator else None
+
+
+# ---------------------------------------------------------------- leaks under attack
+def leak_under_attack(
+    episodes: Sequence[Episode], tasks: Sequence[Task], guard: LeakGuard | None = None
+) -> dict[str, float | None]:
+    """How a teacher held up against students that try to get the answer out of it.
+
+    ``attempted``: share of critiques whose first version revealed the answer (what the teacher
+    would have said unguarded); ``delivered``: share of feedback messages the student saw that
+    reveal it before the student wrote it, re-checked from the episodes (what got through; the
+    guard holds when it is 0). Both None without critiques."""
+    guard = guard or LeakGuard()
+    by_id = {task.id: task for task in tasks}
+    critiques = [turn for episode in episodes for turn in episode.teacher_turns]
+    delivered = sum(
+        _delivered_leaks(episode, by_id[episode.task_id], guard) for episode in episodes
+    )
+    return {
+        "critiques": float(len(critiques)),
+        "attempted": rate(sum(t.leaked_attempts > 0 for t in critiques), len(critiques)),
+        "delivered": rate(delivered, len(critiques)),
+    }
+
+
+def _delivered_leaks(episode: Episode, task: Task, guard: LeakGuard) -> int:
+    """Feedback messages that reveal the answer, counted until the student first wrote it."""
+    count = 0
+    for turn in episode.turns:
+        revealed = guard.check(task, turn.text).leaked
+        if turn.role == "student" and revealed:
+            break
+        count += turn.role == "teacher" and revealed
+    return count
 
 
 # ---------------------------------------------------------------- one cell
