@@ -36,9 +36,7 @@ def all_tasks(tasks_dir: str | Path) -> dict[str, Task]:
     return {task.id: task for path in found for task in read_tasks(path)}
 
 
-def check_training_episodes(
-    episodes: list[Episode], tasks: dict[str, Task], where: Path
-) -> None:
+def check_training_episodes(episodes: list[Episode], tasks: dict[str, Task], where: Path) -> None:
     """The critic must not learn from evaluation problems, whatever the config says now: the
     episodes' own split (and their task's, for files written before episodes kept it) decide."""
     for number, episode in enumerate(episodes):

@@ -20,6 +20,7 @@ EVAL_SPLITS = ("eval_id", "eval_ood")
 def is_eval_split(split: str) -> bool:
     return split in EVAL_SPLITS or split.startswith("ood_")
 
+
 # Column order of the Parquet files; JSON-valued fields are stored as strings so every
 # engine (pandas, GX, DuckDB, Spark) reads them without a nested schema.
 COLUMNS = (
