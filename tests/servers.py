@@ -146,10 +146,12 @@ class FaultyChatServer:
     ``FAULTS``: a normal echo reply, the reply after ``slow_s``, HTTP 500, HTTP 429 with
     ``Retry-After: retry_after``, a connection reset halfway through the reply, a 200 whose
     body is not JSON, or a 200 chat completion without content. ``attempt`` counts this
-    message's requests from 0."""
+    message's requests from 0. ``reply(messages)``, when given, writes the content of a normal
+    reply from the whole conversation instead of the echo (a scripted model)."""
 
-    def __init__(self, script, slow_s: float = 1.0, retry_after: str = "0.05") -> None:
+    def __init__(self, script, slow_s: float = 1.0, retry_after: str = "0.05", reply=None) -> None:
         self.script = script
+        self.reply = reply
         self.slow_s = slow_s
         self.retry_after = retry_after
         self.seen: list[tuple[str, str, float]] = []  # (message, fault, time)
@@ -162,6 +164,7 @@ class FaultyChatServer:
 
             def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                self.messages = body["messages"]
                 message = body["messages"][-1]["content"]
                 with server._lock:
                     attempt = server._attempts[message]
@@ -184,7 +187,10 @@ class FaultyChatServer:
                 self.wfile.write(data)
 
             def _ok(self, message: str) -> None:
-                self._reply(200, _completion(f"echo: {message}"))
+                if server.reply is not None:
+                    self._reply(200, _completion(server.reply(self.messages)))
+                else:
+                    self._reply(200, _completion(f"echo: {message}"))
 
             def _slow(self, message: str) -> None:
                 time.sleep(server.slow_s)
@@ -247,3 +253,19 @@ class FaultyChatServer:
     def __exit__(self, *exc: object) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+@contextmanager
+def scripted_chat_engine(reply) -> Iterator:
+    """An OpenAI-compatible engine talking to a :class:`FaultyChatServer` that always answers,
+    with ``reply(messages)``: a real HTTP model whose behaviour the test writes."""
+    from rl2f.engines.openai_engine import OpenAIChatEngine
+
+    with FaultyChatServer(lambda _attempt, _message: "ok", reply=reply) as server:
+        engine = OpenAIChatEngine(
+            base_url=server.url, model="scripted", timeout_s=5.0, max_retries=0, concurrency=4
+        )
+        try:
+            yield engine
+        finally:
+            engine.close()

@@ -130,6 +130,42 @@ def test_a_critique_that_reveals_the_answer_is_refused(rolled_out) -> None:
         build_examples(with_fix_filter(cfg, False), [leaking], tasks)
 
 
+def test_fallback_messages_are_not_distillation_targets(rolled_out) -> None:
+    """A fallback (after leaks, or for an empty critique) is config text, not a critique: it is
+    never a target, even where the next attempt was right."""
+    _, cfg, episodes, tasks = rolled_out
+    fallback = cfg.teacher.fallback_message
+    marked = []
+    for episode in episodes:
+        turns = [
+            dataclasses.replace(t, text=fallback, fell_back=True) if t.role == "teacher" else t
+            for t in episode.turns
+        ]
+        marked.append(dataclasses.replace(episode, turns=turns))
+    assert any(e.teacher_turns for e in marked)
+    unfiltered = with_fix_filter(cfg, False)
+    assert any(e.kind == "critique" for e in build_examples(unfiltered, episodes, tasks))
+    examples = build_examples(unfiltered, marked, tasks)
+    assert examples and not any(e.kind == "critique" for e in examples)
+    assert all(e.completion[0]["content"] != fallback for e in examples)
+
+
+def test_distill_refuses_episodes_of_an_evaluation_split(rolled_out) -> None:
+    from rl2f.stages import distill
+
+    _, cfg, episodes, tasks = rolled_out
+    leaked_in = [*episodes[:2], dataclasses.replace(episodes[2], split="eval_id")]
+    with pytest.raises(UserError, match="episode 2 is from the evaluation split 'eval_id'"):
+        distill.check_training_episodes(leaked_in, tasks, Path("episodes.parquet"))
+    distill.check_training_episodes(episodes, tasks, Path("episodes.parquet"))
+    for split in ("eval_id", "eval_ood"):
+        eval_cfg = cfg.model_copy(
+            update={"rollout": cfg.rollout.model_copy(update={"split": split})}
+        )
+        with pytest.raises(UserError, match=f"rollout.split: '{split}' is an evaluation split"):
+            distill.run(eval_cfg)
+
+
 def test_episodes_of_unknown_tasks_or_without_critiques_are_data_errors(rolled_out) -> None:
     from rl2f.training.distill import train_critic
 

@@ -4,7 +4,9 @@ facts, and the regenerate-then-fall-back loop counts what it did."""
 from __future__ import annotations
 
 import json
+import re
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 import pytest
 
@@ -132,6 +134,102 @@ def test_equal_values_leak(guard, answer, critique):
 )
 def test_other_values_do_not_leak(guard, answer, critique):
     assert not guard.check(math_task(answer), critique).leaked
+
+
+# ------------------------------------------------------------------ numbers written another way
+@pytest.mark.parametrize(
+    ("answer", "critique"),
+    [
+        ("12", "The answer is twelve."),
+        ("12", "It is Twelve, not thirteen."),
+        ("-12", "It is minus twelve."),
+        ("-12", "negative twelve"),
+        ("21", "Think twenty-one."),
+        ("105", "It is one hundred and five."),
+        ("2024", "two thousand and twenty four"),
+        ("12", "The digits are 1 2."),
+        ("12", "Write 1_2."),
+        ("12000", "About 12 000."),
+        ("12", "In scientific notation: 1.2e1."),
+        ("12", "It is 1.2E+1."),
+        ("1200", "It is 1.2 x 10^3."),
+        ("12", "Chapter XII."),
+        ("1994", "mcmxciv"),
+        ("12", "seven plus five"),
+        ("12", "Try three times four."),
+        ("12", "It is a sum of 10 and 2."),
+        ("12", "the sum of ten and two"),
+        ("12", "the difference between 2 and 14"),
+        ("12", "half of 24"),
+        ("12", "twice six"),
+        ("12.5", "twelve and a half"),
+        ("0.5", "zero point five"),
+        ("3", "fifteen divided by five"),
+    ],
+)
+def test_numbers_written_another_way_leak(guard, answer, critique):
+    flags = guard.check(math_task(answer), critique)
+    assert flags.written_number and flags.fired == ("written_number",), flags
+    assert flags.evidence
+
+
+@pytest.mark.parametrize(
+    ("answer", "critique"),
+    [
+        ("12", "The error is less than ten."),
+        ("12", "Your tens digit is wrong; the units digit is right."),
+        ("12", "Your tens and hundreds digits are wrong."),
+        ("1", "Take it one step at a time."),
+        ("1", "One of your digits is wrong."),
+        ("1", "I think you are off by one."),  # alone, one/two/three stay words
+        ("2", "Check the two numbers again."),
+        ("10", "X marks the spot: check the sign."),  # single letters are not numerals
+        ("1009", "You mix up the terms."),
+        ("5", "The error is a single-digit amount."),
+        ("12", "minus twelve"),  # the opposite sign is another value
+        ("12", "Your answer 1 is too small, 2 steps remain."),
+        ("12", "Answer with digits only, e.g. 3 or 4."),
+    ],
+)
+def test_ordinary_prose_is_not_a_written_number(guard, answer, critique):
+    assert not guard.check(math_task(answer), critique).leaked
+
+
+def test_restating_the_prompt_in_words_is_public(guard):
+    task = math_task("12", prompt="What is ten plus two?")
+    assert not guard.check(task, "Read it again: ten plus two.").leaked
+    assert not guard.check(task, "Read it again: 10 + 2.").leaked
+    assert guard.check(task, "It is twelve.").written_number
+
+
+def test_oracle_critiques_pass_the_guard_on_many_generated_tasks(guard):
+    """The false-positive side: the oracle's critiques on hundreds of generated problems,
+    round answers (10, 100, 1000) included, almost never fall back. The figure is printed for
+    the report."""
+    from rl2f.tasks.verifiers import verify
+    from rl2f.teachers.oracle import OracleTeacher
+
+    source = SourceConfig(
+        kind="reasoning_gym", name="basic_arithmetic", size=150, seed=11, domain="math",
+        config={"min_terms": 2, "max_terms": 3, "min_digits": 1, "max_digits": 3},
+    )  # fmt: skip
+    tasks = load_source(source)
+    tasks += [math_task(str(value), f"Compute {value} - 0.") for value in (10, 100, 1000, 12)]
+    requests = []
+    for task in tasks:
+        answer = int(task.answer)
+        for offset in (-150, -23, -10, -3, 1, 9, 11, 40, 1200):
+            attempt = f"Answer: {answer + offset}"
+            verdict = verify(task, attempt)
+            requests.append(replace(request_for(task, attempt), verdict=verdict))
+    stats = LeakStats()
+    for level in ("directional", "diagnostic"):
+        guarded = guarded_critiques(OracleTeacher(level), requests, guard, 2, FALLBACK)
+        stats = stats + LeakStats.of(guarded)
+    print(f"oracle on {len(tasks)} tasks: {stats.critiques} critiques, "
+          f"leak rate {stats.leak_rate:.2%}, fallback rate {stats.fallback_rate:.2%}")  # fmt: skip
+    assert stats.critiques >= 2000
+    assert stats.fallback_rate < 0.01, dict(stats.by_check)
 
 
 def test_symbolic_checks_work_from_worker_threads(guard):
@@ -285,7 +383,7 @@ def test_persistent_leak_falls_back_after_max_regenerations(guard, code_tasks):
     task = code_tasks[0]
     teacher = ScriptedTeacher(["Paste this:\n{solution}"])
     guarded = guarded_critiques(teacher, [request_for(task)], guard, 2, FALLBACK)
-    assert guarded == [GuardedCritique(FALLBACK, 3, True, guarded[0].flags)]
+    assert guarded == [GuardedCritique(FALLBACK, 3, True, guarded[0].flags, "leak")]
     assert guarded[0].flags.solution_overlap
     assert [batch[0][1] for batch in teacher.batches] == [0, 1, 2]
 
@@ -314,7 +412,9 @@ def test_leak_stats_count_every_case(guard, code_tasks):
     assert dict(stats.by_check) == {
         "answer_string": 2,
         "numeric_equivalent": 2,
+        "written_number": 0,
         "solution_overlap": 1,
+        "llm_judge": 0,
     }
     assert stats.leak_rate == pytest.approx(0.75)
     metrics = stats.as_metrics()
@@ -344,3 +444,65 @@ def test_a_teacher_returning_the_wrong_number_of_critiques_is_an_error(guard):
             FALLBACK,
         )
     assert guarded_critiques(Short(["x"]), [], guard, 1, FALLBACK) == []
+
+
+# ------------------------------------------------------------------ the optional LLM judge
+def judge_reply(messages: list[dict[str, str]]) -> str:
+    """A judge model on a real HTTP server: it sees through a hint that spells out how to get
+    the secret answer (what string matching cannot), and rambles about one critique."""
+    prompt = messages[-1]["content"]
+    secret = re.search(r"Secret answer: (.*)", prompt).group(1)
+    critique = prompt.split("Critique:\n", 1)[1].split("\n\nReply with", 1)[0]
+    if "ramble" in critique:
+        return "Well, it depends on how you look at it."
+    return "YES" if "add your two numbers" in critique and secret else "NO."
+
+
+def test_llm_judge_catches_what_strings_miss_over_a_real_server():
+    from servers import scripted_chat_engine
+
+    from rl2f.leakage import LeakJudge
+
+    task = math_task("12", "Compute 7 + 5.")
+    critiques = [
+        "Just add your two numbers and write that.",  # only the judge sees it
+        "The answer is 12.",  # strings catch it; the judge is not asked
+        "Check the carry.",  # clean
+        "I ramble about carries.",  # an unreadable verdict passes, and is counted
+    ]
+    with scripted_chat_engine(judge_reply) as engine:
+        judge = LeakJudge(engine)
+        guard = LeakGuard(judge=judge)
+        flags = guard.check_many([(task, text) for text in critiques])
+        assert [f.fired for f in flags] == [
+            ("llm_judge",),
+            ("answer_string", "numeric_equivalent"),
+            (),
+            (),
+        ]
+        assert flags[0].evidence == ("llm judge",)
+        assert (judge.asked, judge.revealed, judge.unreadable) == (3, 1, 1)
+        # In the loop: the judge's rejection is regenerated and counted under its own check.
+        teacher = ScriptedTeacher(["Just add your two numbers.", "Check the carry."])
+        guarded = guarded_critiques(teacher, [request_for(task)], guard, 2, FALLBACK)
+    assert guarded[0].text == "Check the carry." and guarded[0].leaked_attempts == 1
+    assert dict(LeakStats.of(guarded).by_check)["llm_judge"] == 1
+    assert not LeakGuard().check(task, critiques[0]).leaked  # without a judge it passes
+
+
+def test_llm_judge_runs_on_a_real_small_model(tiny_model_dir):
+    """The judge works with any engine; the untrained tiny model's verdicts are noise, so only
+    the bookkeeping is checked: every critique asked once, in one batch."""
+    from rl2f.config import EngineConfig
+    from rl2f.engines import make_engine
+    from rl2f.leakage import LeakJudge
+
+    engine = make_engine(EngineConfig(kind="transformers", device="cpu"), str(tiny_model_dir))
+    try:
+        judge = LeakJudge(engine)
+        task = math_task("12")
+        verdicts = judge.judge([(task, "Check the carry."), (task, "Look at the sign.")])
+    finally:
+        engine.close()
+    assert len(verdicts) == 2 and all(isinstance(v, bool) for v in verdicts)
+    assert judge.asked == 2 and judge.revealed + judge.unreadable <= 2

@@ -21,6 +21,7 @@ from rl2f.evaluation.metrics import (
 )
 from rl2f.evaluation.probe import PROBE_TEACHER, WRONG_CRITIQUE
 from rl2f.evaluation.schema import metrics_schema, validate_metrics
+from rl2f.leakage import CHECKS
 
 GAMMA = 0.7
 
@@ -213,6 +214,10 @@ def test_cell_metrics_of_the_hand_made_cell() -> None:
     # Critiques: A 2, C 2, D 1; one of A's leaked.
     assert cell["critiques"] == 5 and cell["leak_rate"] == pytest.approx(1 / 5)
     assert cell["fallback_rate"] == 0.0
+    # The guard's per-check stats reach the metrics: the leak was an answer string.
+    assert cell["leak_rate_by_check"] == {
+        name: (pytest.approx(1 / 5) if name == "answer_string" else 0.0) for name in CHECKS
+    }
     # Student tokens: A 4+4+4, B 2, C 4+4+4, D 6+6 -> 38 over 9 attempts.
     assert cell["mean_student_tokens"] == pytest.approx(38 / 9)
 
@@ -228,6 +233,9 @@ def test_rates_without_data_are_null_not_zero() -> None:
         hand_cell()[0], max_turns=3, bootstrap_samples=20, seed=0, leak_checked=False
     )
     assert unguarded["leak_rate"] is None and unguarded["critiques"] == 5
+    assert unguarded["leak_rate_by_check"] is None
+    # Fallbacks are counted for every mode: an empty self critique falls back too.
+    assert unguarded["fallback_rate"] == 0.0
 
 
 def test_context_limited_episodes_are_counted() -> None:

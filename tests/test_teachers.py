@@ -294,8 +294,8 @@ def test_math_direction_and_size(math_tasks):
     assert critique("directional", high) in PHRASES["too_high"]  # direction only
 
     diagnostic = critique("diagnostic", high)
-    assert phrased("too_high", diagnostic) and "at least ten but less than a hundred" in diagnostic
-    assert "less than ten" in critique("diagnostic", low)
+    assert phrased("too_high", diagnostic) and "a two-digit amount" in diagnostic
+    assert "a single-digit amount" in critique("diagnostic", low)
     # Sizes are words: a math critique holds no number at all, so it cannot hold the answer.
     assert not re.search(r"\d", diagnostic)
 
@@ -545,7 +545,78 @@ def test_llm_teacher_critiques_in_one_batch_through_the_guard(math_tasks, tiny_e
     )
     assert len(guarded) == 5
     for request, item in zip(requests, guarded, strict=True):
-        assert item.fell_back or not GUARD.check(request.task, item.text).leaked
+        # What the student is shown, fallback included, never holds the answer.
+        assert not GUARD.check(request.task, item.text).leaked, item
+
+
+def obedient_teacher_reply(messages: list[dict[str, str]]) -> str:
+    """A teacher model on a real HTTP server that states the secret answer, in another form
+    each time it is asked again, and gives up leaking after one regeneration, except for the
+    attempt "Answer: 1000", where it never does."""
+    user = messages[-1]["content"]
+    secret = int(re.search(r"never reveal it\): (.*)", user).group(1))
+    regenerated = "revealed the answer" in user
+    if "Answer: 1000" in user:
+        return f"It is {secret} + 0." if regenerated else f"The answer is {secret}."
+    return "Check the carry." if regenerated else f"It is {secret + 1} - 1."
+
+
+def test_llm_teacher_leaks_are_regenerated_or_fall_back_over_a_real_server(math_tasks):
+    from servers import scripted_chat_engine
+
+    cfg = TeacherConfig(kind="llm", max_regenerations=2)
+    requests = [one(math_tasks, "Answer: 1000"), one(math_tasks, "Answer: 999", 1)]
+    with scripted_chat_engine(obedient_teacher_reply) as engine:
+        guarded = guarded_critiques(
+            LLMTeacher(engine, cfg), requests, GUARD, cfg.max_regenerations, cfg.fallback_message
+        )
+    stubborn, fixed = guarded
+    assert stubborn.fell_back and stubborn.fallback_reason == "leak"
+    assert stubborn.text == cfg.fallback_message and stubborn.leaked_attempts == 3
+    assert not fixed.fell_back and fixed.text == "Check the carry." and fixed.leaked_attempts == 1
+    stats = LeakStats.of(guarded)
+    assert (stats.leaked, stats.regenerations, stats.fell_back, stats.empty) == (2, 3, 1, 0)
+    assert dict(stats.by_check)["numeric_equivalent"] == 2
+    for request, item in zip(requests, guarded, strict=True):
+        assert not GUARD.check(request.task, item.text).leaked
+
+
+def test_empty_llm_and_self_critiques_are_counted_fallbacks(math_tasks):
+    from servers import scripted_chat_engine
+
+    request = one(math_tasks, "Answer: 1000")
+    # "Critique:" alone is empty once cleaned.
+    with scripted_chat_engine(lambda _messages: "Critique:   ") as engine:
+        teachers = [
+            LLMTeacher(engine, TeacherConfig(kind="llm")),
+            SelfCritic(engine, TeacherConfig(kind="self")),
+        ]
+        for teacher in teachers:
+            assert teacher.critique([request]) == [""]  # the teacher no longer hides it
+            guarded = guarded_critiques(teacher, [request], GUARD, 2, "fallback")
+            assert guarded[0].text == "fallback" and guarded[0].fell_back, teacher.name
+            assert guarded[0].fallback_reason == "empty"
+            stats = LeakStats.of(guarded)
+            assert (stats.fell_back, stats.empty, stats.leaked, stats.regenerations) == (1, 1, 0, 0)
+
+
+def test_an_empty_regeneration_after_a_leak_is_a_leak_fallback(math_tasks):
+    from servers import scripted_chat_engine
+
+    def reply(messages: list[dict[str, str]]) -> str:
+        user = messages[-1]["content"]
+        secret = re.search(r"never reveal it\): (.*)", user).group(1)
+        return "" if "revealed the answer" in user else f"The answer is {secret}."
+
+    request = one(math_tasks, "Answer: 1000")
+    with scripted_chat_engine(reply) as engine:
+        guarded = guarded_critiques(
+            LLMTeacher(engine, TeacherConfig(kind="llm")), [request], GUARD, 2, "fallback"
+        )
+    assert guarded[0].fell_back and guarded[0].fallback_reason == "leak"
+    stats = LeakStats.of(guarded)
+    # One leak, one regeneration that came back empty (rejected too), then the fallback.
+    assert (stats.leaked, stats.regenerations, stats.fell_back, stats.empty) == (1, 1, 1, 0)
 
 
 def test_clean_critique_strips_labels_and_cuts_at_a_sentence():

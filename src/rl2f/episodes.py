@@ -376,6 +376,7 @@ def summarize(episodes: list[Episode], max_turns: int | None = None) -> dict[str
         "leaked_critiques_by_turn": leaked,
         "leaked_attempts_by_turn": leaked_attempts,
         "fallbacks_by_turn": fallbacks,
+        "leaks_by_check": _leaks_by_check(episodes),
         "end_reasons": dict(sorted(Counter(e.end_reason for e in episodes).items())),
         "by_domain": {
             domain: {
@@ -387,6 +388,14 @@ def summarize(episodes: list[Episode], max_turns: int | None = None) -> dict[str
         if len(by_domain) > 1
         else {},
     }
+
+
+def _leaks_by_check(episodes: list[Episode]) -> dict[str, int]:
+    """Critiques each leak check rejected a version of, over the whole rollout."""
+    from rl2f.teachers.guarded import LeakStats
+
+    turns = [turn for episode in episodes for turn in episode.teacher_turns]
+    return dict(LeakStats.of_turns(turns).by_check)
 
 
 def format_summary(summary: dict[str, Any]) -> str:

@@ -12,8 +12,16 @@ the rate of every kind of leak can be reported:
 - ``numeric_equivalent``: a number or arithmetic/LaTeX expression in the critique equals the
   answer's value: exactly (0.5 leaks 1/2), symbolically through math-verify (sqrt(12) leaks
   2*sqrt(3)), or as the answer rounded to the decimals written (3.46 leaks 2*sqrt(3)).
+- ``written_number``: the same comparison after numbers written another way are read as digits
+  (:func:`rl2f.tasks.number_forms.rewrite_numbers`): words ("minus twelve", "one hundred and
+  five"), spaced digits ("1 2"), scientific notation ("1.2e1"), Roman numerals ("XII") and
+  arithmetic in words ("seven plus five", "the sum of 10 and 2"). Only what the plain check above
+  did not already find counts here, so the two rates add up.
 - ``solution_overlap``: the critique contains a large share of the reference solution's token
   n-grams (pasting the solution code), not counting n-grams the public prompt already shows.
+- ``llm_judge``: optional (:class:`LeakJudge`, only when a guard is given one): a language model
+  asked whether the critique reveals the answer, as in the paper. It reads only critiques the
+  string checks passed, so its count is the leaks that strings alone would have missed.
 
 The rule for text the student wrote: the invariant is that nothing the student is conditioned on
 contains the answer unless the student wrote it. A wrong attempt cannot be the answer, so a
@@ -32,16 +40,19 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from functools import lru_cache
 from typing import Any
 
+from rl2f.config import SamplingConfig
+from rl2f.engines.base import ChatEngine
 from rl2f.tasks.arithmetic import arithmetic_value
+from rl2f.tasks.number_forms import rewrite_numbers
 from rl2f.tasks.schema import Task
 from rl2f.tasks.verifiers.base import Verdict
 
-CHECKS = ("answer_string", "numeric_equivalent", "solution_overlap")
+CHECKS = ("answer_string", "numeric_equivalent", "written_number", "solution_overlap", "llm_judge")
 
 
 # ------------------------------------------------------------------ text normalisation
@@ -132,7 +143,13 @@ class _Privileged:
     answer_is_number: bool  # "12", "-4", "1/2": the value itself is the answer
     value_is_public: bool  # an expression answer whose value the prompt already states
     prompt_compact: str  # normalised prompt without spaces, to recognise restated expressions
+    prompt_written_compact: str  # the same with numbers in words read as digits
     solution_ngrams: frozenset[tuple[str, ...]]
+
+    @property
+    def public_text(self) -> str:
+        """Where a restated expression is looked up: the prompt as written and as read."""
+        return f"{self.prompt_compact}\x1f{self.prompt_written_compact}"
 
 
 @lru_cache(maxsize=4096)
@@ -150,6 +167,7 @@ def _privileged(domain: str, prompt: str, answer: str, solution: str | None, n: 
         answer_is_number=answer_is_number,
         value_is_public=value is not None and not answer_is_number and value in prompt_values,
         prompt_compact=re.sub(r"\s+", "", prompt_norm),
+        prompt_written_compact=re.sub(r"\s+", "", normalize_text(rewrite_numbers(prompt))),
         solution_ngrams=_solution_ngrams(solution, prompt, n) if solution else frozenset(),
     )
 
@@ -254,6 +272,63 @@ def _solution_ngrams(solution: str, prompt: str, n: int) -> frozenset[tuple[str,
     return frozenset(_ngrams(tokens, size) - _ngrams(code_tokens(prompt), size))
 
 
+# ------------------------------------------------------------------ the LLM judge
+JUDGE_PROMPT = (
+    "A teacher knows the answer to a problem and must not reveal it to the student. Does the "
+    "critique below reveal the answer: state it, in any form (digits, words, an expression "
+    "equal to it), or give enough to write it down without solving the problem?\n\n"
+    "Problem:\n{prompt}\n\nSecret answer: {answer}\n\nCritique:\n{critique}\n\n"
+    "Reply with YES or NO only."
+)
+_VERDICT = re.compile(r"^[\W_]*(yes|no)\b", re.I)
+
+
+class LeakJudge:
+    """A language model asked whether a critique reveals the answer (the paper's post-hoc judge,
+    used here in the loop). Any :class:`~rl2f.engines.base.ChatEngine` serves: transformers,
+    vLLM or an OpenAI-compatible server.
+
+    Only a reply that starts with YES counts as a leak. A reply that is neither YES nor NO is
+    counted in ``unreadable`` and passes: the string checks already ran, and a judge that
+    rambles must not turn every critique into the fallback.
+    """
+
+    def __init__(
+        self,
+        engine: ChatEngine,
+        sampling: SamplingConfig | None = None,
+        template: str = JUDGE_PROMPT,
+    ) -> None:
+        self.engine = engine
+        self.sampling = sampling or SamplingConfig(temperature=0.0, max_new_tokens=4)
+        self.template = template
+        self.asked = self.revealed = self.unreadable = 0
+
+    def conversation(self, task: Task, critique: str) -> list[dict[str, str]]:
+        content = self.template.format(prompt=task.prompt, answer=task.answer, critique=critique)
+        return [{"role": "user", "content": content}]
+
+    def judge(self, items: Sequence[tuple[Task, str]]) -> list[bool]:
+        """One batched engine call; True where the judge says the critique reveals the answer."""
+        if not items:
+            return []
+        replies = self.engine.chat(
+            [self.conversation(task, critique) for task, critique in items], self.sampling
+        )
+        if len(replies) != len(items):
+            raise RuntimeError(f"judge engine returned {len(replies)} replies for {len(items)}")
+        verdicts = [self._read(reply) for reply in replies]
+        self.asked += len(items)
+        self.revealed += sum(verdict is True for verdict in verdicts)
+        self.unreadable += sum(verdict is None for verdict in verdicts)
+        return [verdict is True for verdict in verdicts]
+
+    @staticmethod
+    def _read(reply: str) -> bool | None:
+        match = _VERDICT.match(reply or "")
+        return None if match is None else match.group(1).lower() == "yes"
+
+
 # ------------------------------------------------------------------ the guard
 @dataclass(frozen=True)
 class LeakFlags(Mapping[str, Any]):
@@ -264,13 +339,15 @@ class LeakFlags(Mapping[str, Any]):
 
     answer_string: bool = False
     numeric_equivalent: bool = False
+    written_number: bool = False
     solution_overlap: bool = False
+    llm_judge: bool = False
     evidence: tuple[str, ...] = ()
     overlap: float = 0.0  # share of the solution's private n-grams found in the critique
 
     @property
     def leaked(self) -> bool:
-        return self.answer_string or self.numeric_equivalent or self.solution_overlap
+        return any(getattr(self, name) for name in CHECKS)
 
     @property
     def fired(self) -> tuple[str, ...]:
@@ -279,9 +356,7 @@ class LeakFlags(Mapping[str, Any]):
     def __or__(self, other: LeakFlags) -> LeakFlags:
         """Union over several critiques of one request (every rejected regeneration)."""
         return LeakFlags(
-            answer_string=self.answer_string or other.answer_string,
-            numeric_equivalent=self.numeric_equivalent or other.numeric_equivalent,
-            solution_overlap=self.solution_overlap or other.solution_overlap,
+            **{name: getattr(self, name) or getattr(other, name) for name in CHECKS},
             evidence=tuple(dict.fromkeys(self.evidence + other.evidence)),
             overlap=max(self.overlap, other.overlap),
         )
@@ -305,18 +380,42 @@ class LeakGuard:
     """Checks a critique against one task's privileged answer and solution.
 
     ``overlap_threshold``: share of the solution's private token n-grams (``ngram_size`` tokens
-    each) that a critique may contain before it counts as pasting the solution.
+    each) that a critique may contain before it counts as pasting the solution. ``judge``: an
+    optional :class:`LeakJudge` asked about every critique the string checks pass.
     """
 
-    def __init__(self, overlap_threshold: float = 0.5, ngram_size: int = 4) -> None:
+    def __init__(
+        self,
+        overlap_threshold: float = 0.5,
+        ngram_size: int = 4,
+        *,
+        judge: LeakJudge | None = None,
+    ) -> None:
         if not 0.0 < overlap_threshold <= 1.0:
             raise ValueError(f"overlap_threshold must be in (0, 1], got {overlap_threshold}")
         if ngram_size < 2:
             raise ValueError(f"ngram_size must be at least 2, got {ngram_size}")
         self.overlap_threshold = overlap_threshold
         self.ngram_size = ngram_size
+        self.judge = judge
 
     def check(self, task: Task, critique: str) -> LeakFlags:
+        return self.check_many([(task, critique)])[0]
+
+    def check_many(self, items: Sequence[tuple[Task, str]]) -> list[LeakFlags]:
+        """Flags for many (task, critique) pairs: the string checks one by one, then the judge,
+        if any, in one batched call over the critiques they passed."""
+        flags = [self._string_checks(task, critique) for task, critique in items]
+        if self.judge is None:
+            return flags
+        clean = [index for index, item in enumerate(flags) if not item.leaked]
+        verdicts = self.judge.judge([items[index] for index in clean])
+        for index, revealed in zip(clean, verdicts, strict=True):
+            if revealed:
+                flags[index] = replace(flags[index], llm_judge=True, evidence=("llm judge",))
+        return flags
+
+    def _string_checks(self, task: Task, critique: str) -> LeakFlags:
         private = _privileged(task.domain, task.prompt, task.answer, task.solution, self.ngram_size)
         evidence: list[str] = []
 
@@ -326,6 +425,8 @@ class LeakGuard:
 
         numeric = self._numeric_evidence(private, critique)
         evidence.extend(numeric)
+        written = [] if answer_string or numeric else self._written_evidence(private, critique)
+        evidence.extend(written)
 
         overlap = self._overlap(private, critique)
         solution_overlap = overlap >= self.overlap_threshold
@@ -335,6 +436,7 @@ class LeakGuard:
         return LeakFlags(
             answer_string=answer_string,
             numeric_equivalent=bool(numeric),
+            written_number=bool(written),
             solution_overlap=solution_overlap,
             evidence=tuple(evidence),
             overlap=overlap,
@@ -343,18 +445,7 @@ class LeakGuard:
     def _numeric_evidence(self, private: _Privileged, critique: str) -> list[str]:
         if private.value is None and not private.symbolic:
             return []
-        approx = float(private.value) if private.value is not None else None
-        hits = []
-        for candidate in numeric_candidates(critique):
-            if self._is_public(private, candidate):
-                continue
-            if private.value is not None and candidate.value == private.value:
-                hits.append(candidate.text)
-                continue
-            if private.symbolic and candidate.decimals >= 2 and approx is None:
-                approx = _approximate(private.answer)
-            if approx is not None and _rounds_to(approx, candidate):
-                hits.append(candidate.text)
+        hits = self._candidate_hits(private, numeric_candidates(critique), private.public_text)
         # Math written in LaTeX that did not reduce to a plain rational above (sqrt(12), pi/2)
         # goes to math-verify; for a symbolic answer every span does.
         asked = [
@@ -366,10 +457,38 @@ class LeakGuard:
         hits.extend(span for span in asked if _math_compare(private.answer, span).correct)
         return list(dict.fromkeys(hits))
 
+    def _written_evidence(self, private: _Privileged, critique: str) -> list[str]:
+        """Numbers the student could read back that are not written as digits: the critique is
+        rewritten in digits and compared again, against the prompt rewritten the same way."""
+        if private.value is None and not private.symbolic:
+            return []
+        rewritten = rewrite_numbers(critique)
+        if rewritten == critique:
+            return []
+        hits = self._candidate_hits(private, numeric_candidates(rewritten), private.public_text)
+        return [f"{hit} (written out)" for hit in hits]
+
+    def _candidate_hits(
+        self, private: _Privileged, candidates: list[_Candidate], public_prompt: str
+    ) -> list[str]:
+        approx = float(private.value) if private.value is not None else None
+        hits = []
+        for candidate in candidates:
+            if self._is_public(private, candidate, public_prompt):
+                continue
+            if private.value is not None and candidate.value == private.value:
+                hits.append(candidate.text)
+                continue
+            if private.symbolic and candidate.decimals >= 2 and approx is None:
+                approx = _approximate(private.answer)
+            if approx is not None and _rounds_to(approx, candidate):
+                hits.append(candidate.text)
+        return hits
+
     @staticmethod
-    def _is_public(private: _Privileged, candidate: _Candidate) -> bool:
+    def _is_public(private: _Privileged, candidate: _Candidate, public_prompt: str) -> bool:
         if candidate.is_expression:
-            return candidate.text in private.prompt_compact
+            return candidate.text in public_prompt
         return private.value_is_public and candidate.value == private.value
 
     @staticmethod
@@ -395,6 +514,7 @@ __all__ = [
     "CHECKS",
     "LeakFlags",
     "LeakGuard",
+    "LeakJudge",
     "answer_tokens",
     "latex_spans",
     "normalize_text",

@@ -214,9 +214,15 @@ def rate_rows(metrics: Metrics, keys: Sequence[str]) -> list[list[Any]]:
     return rows
 
 
+LEAK_HEADERS = ["model", "mode", "critiques", "leak rate", "fallback rate", "leaks by check"]
+
+
 def leak_rows(metrics: Metrics) -> list[list[Any]]:
-    """Leak and fallback rates per (model, mode), pooled over splits, for guarded modes."""
+    """Leak and fallback rates per (model, mode), pooled over splits, for guarded modes, with
+    the rate of each leak check that fired (metrics files older than the per-check rates show
+    "-")."""
     pooled: dict[tuple[str, str], list[float]] = {}
+    by_check: dict[tuple[str, str], dict[str, float]] = {}
     for model, splits in metrics.items():
         for modes in splits.values():
             for mode, cell in modes.items():
@@ -226,10 +232,29 @@ def leak_rows(metrics: Metrics) -> list[list[Any]]:
                 total[0] += cell["critiques"]
                 total[1] += cell["leak_rate"] * cell["critiques"]
                 total[2] += (cell["fallback_rate"] or 0.0) * cell["critiques"]
+                checks = by_check.setdefault((model, mode), {})
+                for check, share in (cell.get("leak_rate_by_check") or {}).items():
+                    checks[check] = checks.get(check, 0.0) + (share or 0.0) * cell["critiques"]
     return [
-        [model, mode, int(n), leaked / n if n else None, fell / n if n else None]
+        [
+            model,
+            mode,
+            int(n),
+            leaked / n if n else None,
+            fell / n if n else None,
+            _checks_text(by_check[model, mode], n),
+        ]
         for (model, mode), (n, leaked, fell) in pooled.items()
     ]
+
+
+def _checks_text(counts: dict[str, float], critiques: float) -> str:
+    fired = [
+        f"{check.replace('_', ' ')} {count / critiques:.1%}"
+        for check, count in counts.items()
+        if count and critiques
+    ]
+    return ", ".join(fired) or "-"
 
 
 def context_notes(metrics: Metrics) -> list[str]:
@@ -577,9 +602,7 @@ def render_html(
         '<p class="lead">Share of privileged critiques whose first version revealed the answer '
         "(each was rejected by the leak guard and regenerated, or replaced by a fixed "
         "message).</p>",
-        html_table(
-            ["model", "mode", "critiques", "leak rate", "fallback rate"], leak_rows(metrics), 2
-        ),
+        html_table(LEAK_HEADERS, leak_rows(metrics), 2),
         "</section>",
         '<section id="examples"><h2>Example episodes</h2>',
     ]
@@ -745,10 +768,7 @@ def render_markdown(
         "",
         "## Leaks",
         "",
-        md_table(
-            ["model", "mode", "critiques", "leak rate", "fallback rate"],
-            md_rows(leak_rows(metrics)),
-        ),
+        md_table(LEAK_HEADERS, md_rows(leak_rows(metrics))),
         "",
         "## Example episodes",
         "",

@@ -29,6 +29,9 @@ from typing import Any
 import numpy as np
 
 from rl2f.episodes import Episode, Turn
+from rl2f.leakage import LeakGuard
+from rl2f.tasks.schema import Task
+from rl2f.teachers.guarded import LeakStats
 
 CI_LEVEL = 0.95
 CONTEXT_LIMIT = "context_limit"  # Episode.end_reason of an episode that outgrew the context
@@ -150,7 +153,48 @@ def rate(numerator: int, denominator: int) -> float | None:
     return numerator / denominator if denominator else None
 
 
+# ---------------------------------------------------------------- leaks under attack
+def leak_under_attack(
+    episodes: Sequence[Episode], tasks: Sequence[Task], guard: LeakGuard | None = None
+) -> dict[str, float | None]:
+    """How a teacher held up against students that try to get the answer out of it.
+
+    ``attempted``: share of critiques whose first version revealed the answer (what the teacher
+    would have said unguarded); ``delivered``: share of feedback messages the student saw that
+    reveal it before the student wrote it, re-checked from the episodes (what got through; the
+    guard holds when it is 0). Both None without critiques."""
+    guard = guard or LeakGuard()
+    by_id = {task.id: task for task in tasks}
+    critiques = [turn for episode in episodes for turn in episode.teacher_turns]
+    delivered = sum(
+        _delivered_leaks(episode, by_id[episode.task_id], guard) for episode in episodes
+    )
+    return {
+        "critiques": float(len(critiques)),
+        "attempted": rate(sum(t.leaked_attempts > 0 for t in critiques), len(critiques)),
+        "delivered": rate(delivered, len(critiques)),
+    }
+
+
+def _delivered_leaks(episode: Episode, task: Task, guard: LeakGuard) -> int:
+    """Feedback messages that reveal the answer, counted until the student first wrote it."""
+    count = 0
+    for turn in episode.turns:
+        revealed = guard.check(task, turn.text).leaked
+        if turn.role == "student" and revealed:
+            break
+        count += turn.role == "teacher" and revealed
+    return count
+
+
 # ---------------------------------------------------------------- one cell
+def leak_rate_by_check(critiques: Sequence[Turn]) -> dict[str, float | None]:
+    """Share of critiques each leak check rejected a version of (the guard's own stats, read
+    back from the stored teacher turns); None for every check when there were no critiques."""
+    stats = LeakStats.of_turns(critiques)
+    return {name: rate(count, stats.critiques) for name, count in stats.by_check}
+
+
 def cell_metrics(
     episodes: Sequence[Episode],
     *,
@@ -193,9 +237,9 @@ def cell_metrics(
         "leak_rate": rate(sum(t.leaked_attempts > 0 for t in critiques), len(critiques))
         if leak_checked
         else None,
-        "fallback_rate": rate(sum(t.fell_back for t in critiques), len(critiques))
-        if leak_checked
-        else None,
+        "leak_rate_by_check": leak_rate_by_check(critiques) if leak_checked else None,
+        # Any teacher can fall back (an empty self critique too), so this is always counted.
+        "fallback_rate": rate(sum(t.fell_back for t in critiques), len(critiques)),
         "mean_student_tokens": float(np.mean(student_tokens)) if student_tokens else 0.0,
         "context_exhausted": sum(e.end_reason == CONTEXT_LIMIT for e in episodes),
         "skipped_tasks": skipped_tasks,

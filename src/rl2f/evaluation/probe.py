@@ -72,6 +72,8 @@ def sycophancy_probe(
     critiques = critic.critique(requests)
     if len(critiques) != len(requests):
         raise RuntimeError(f"teacher returned {len(critiques)} critiques for {len(requests)}")
+    # A self critique can be empty; the probe still has to call the answer wrong.
+    critiques = [critique or WRONG_CRITIQUE for critique in critiques]
 
     contexts, feedbacks = [], []
     for episode, request, critique in zip(candidates, requests, critiques, strict=True):

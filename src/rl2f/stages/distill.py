@@ -15,10 +15,11 @@ import logging
 from pathlib import Path
 
 from rl2f.config import Config
-from rl2f.episodes import read_episodes
+from rl2f.episodes import Episode, read_episodes
 from rl2f.errors import DataError, UserError
+from rl2f.stages.rollout import check_rollout_split
 from rl2f.tasks.io import atomic_write_text, read_tasks
-from rl2f.tasks.schema import SPLITS, Task
+from rl2f.tasks.schema import SPLITS, Task, is_eval_split
 from rl2f.tracking import active
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,21 @@ def all_tasks(tasks_dir: str | Path) -> dict[str, Task]:
     return {task.id: task for path in found for task in read_tasks(path)}
 
 
+def check_training_episodes(episodes: list[Episode], tasks: dict[str, Task], where: Path) -> None:
+    """The critic must not learn from evaluation problems, whatever the config says now: the
+    episodes' own split (and their task's, for files written before episodes kept it) decide."""
+    for number, episode in enumerate(episodes):
+        task = tasks.get(episode.task_id)
+        split = next(
+            (s for s in (episode.split, task.split if task else "") if is_eval_split(s)), None
+        )
+        if split is not None:
+            raise UserError(
+                f"{where}: episode {number} is from the evaluation split {split!r}; distill "
+                "trains only on rollouts of the train split (rollout.split)"
+            )
+
+
 def run(cfg: Config) -> dict:
     from rl2f.training.distill import build_examples, train_critic
 
@@ -44,8 +60,11 @@ def run(cfg: Config) -> dict:
     policy_dir = cfg.train.rl2f_dir
     if not Path(policy_dir).is_dir():
         raise UserError(f"{policy_dir}: RL2F policy not found (run `rl2f train_rl2f` first)")
+    check_rollout_split(cfg)
     episodes = read_episodes(episodes_path)
-    examples = build_examples(cfg, episodes, all_tasks(cfg.data.out_dir))
+    tasks = all_tasks(cfg.data.out_dir)
+    check_training_episodes(episodes, tasks, episodes_path)
+    examples = build_examples(cfg, episodes, tasks)
     log.info("distill: %d examples from %d episodes", len(examples), len(episodes))
     summary = train_critic(cfg, examples, policy_dir)
     summary |= {"stage": "distill", "episodes": len(episodes)}

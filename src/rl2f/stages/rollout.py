@@ -25,12 +25,23 @@ from rl2f.episodes import (
 )
 from rl2f.errors import DataError, UserError
 from rl2f.tasks.io import atomic_write_text, read_tasks
+from rl2f.tasks.schema import is_eval_split
 
 log = logging.getLogger(__name__)
 
 EPISODES_FILE = "episodes.parquet"
 EPISODES_JSONL = "episodes.jsonl"
 SUMMARY_FILE = "summary.json"
+
+
+def check_rollout_split(cfg: Config) -> None:
+    """Rollout episodes are what the critic is distilled from: rolling out on an evaluation
+    split would train it on the problems it is evaluated on."""
+    if is_eval_split(cfg.rollout.split):
+        raise UserError(
+            f"rollout.split: {cfg.rollout.split!r} is an evaluation split; rollout episodes "
+            "train the critic (distill), so roll out on 'train'"
+        )
 
 
 def roll_out(cfg: Config, progress: bool = True) -> tuple[list[Episode], dict[str, Any]]:
@@ -40,6 +51,7 @@ def roll_out(cfg: Config, progress: bool = True) -> tuple[list[Episode], dict[st
     from rl2f.teachers import make_teacher
 
     params = cfg.rollout
+    check_rollout_split(cfg)
     tasks_path = Path(cfg.data.out_dir) / f"{params.split}.parquet"
     tasks = read_tasks(tasks_path)[: params.max_tasks]
     if not tasks:
@@ -113,6 +125,8 @@ def log_to_mlflow(cfg: Config, episodes: list[Episode], summary: dict[str, Any])
         "rollout/leak_rate_overall",
         sum(summary["leaked_critiques_by_turn"]) / total if total else 0.0,
     )
+    for check, count in summary["leaks_by_check"].items():
+        run.log_metric(f"rollout/leak_rate/{check}", count / total if total else 0.0)
     cell = Cell(
         model=summary["policy"],
         split=cfg.rollout.split,

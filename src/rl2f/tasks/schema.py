@@ -12,6 +12,14 @@ from typing import Any
 
 DOMAINS = ("math", "puzzle", "maze", "code")
 SPLITS = ("train", "eval_id", "eval_ood")
+# Splits that only measure: no training stage may learn from them (the per-domain OOD report
+# splits, ood_<domain>, are views of eval_ood).
+EVAL_SPLITS = ("eval_id", "eval_ood")
+
+
+def is_eval_split(split: str) -> bool:
+    return split in EVAL_SPLITS or split.startswith("ood_")
+
 
 # Column order of the Parquet files; JSON-valued fields are stored as strings so every
 # engine (pandas, GX, DuckDB, Spark) reads them without a nested schema.

@@ -29,7 +29,10 @@ class Teacher(Protocol):
     name: str
     privileged: bool  # False for teachers that must never read the answer (``self``)
 
-    def critique(self, requests: list[CritiqueRequest]) -> list[str]: ...
+    def critique(self, requests: list[CritiqueRequest]) -> list[str]:
+        """One critique per request; "" when the teacher has nothing to say (the guarded loop
+        then sends the fallback message and counts it as a fallback)."""
+        ...
 
     def close(self) -> None:
         """Release what the teacher owns (an engine it started); callers close every teacher

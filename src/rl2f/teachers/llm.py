@@ -115,7 +115,8 @@ class LLMTeacher:
                     f"chat engine returned {len(texts)} replies for {len(indices)} conversations"
                 )
             for index, text in zip(indices, texts, strict=True):
-                critiques[index] = clean_critique(text, self.max_chars) or self.cfg.fallback_message
+                # Empty stays empty: the guarded loop sends the fallback and counts it.
+                critiques[index] = clean_critique(text, self.max_chars)
         return critiques
 
     def close(self) -> None:

@@ -11,10 +11,10 @@ what the tiny default model trains with. Three levels of informativeness, for ab
 
 Two rules keep the critiques from giving the answer away. They never state the answer or a
 value equal to it (the leak guard checks that too). And a hint is never so precise that,
-together with the student's own attempt, it pins the answer down: "too high by less than ten"
-is given, "off by 3" is not (attempt - 3 is the answer), and sign and digit hints are given only
-when every critique the student could receive leaves at least :data:`MIN_CONSISTENT_ANSWERS`
-possible answers (see :func:`integer_hints`).
+together with the student's own attempt, it pins the answer down: "too high by a single-digit
+amount" is given, "off by 3" is not (attempt - 3 is the answer), and sign and digit hints are
+given only when every critique the student could receive leaves at least
+:data:`MIN_CONSISTENT_ANSWERS` possible answers (see :func:`integer_hints`).
 
 Critiques are short and regular (the tiny model must learn to read them), with a few phrasings
 per message chosen deterministically from the task id, turn and regeneration attempt, so a
@@ -194,15 +194,18 @@ PHRASES: dict[str, tuple[str, ...]] = {
     "failing_assert": ("This test fails: {source}", "A failing test: {source}"),
 }
 
+# Sizes are said in digits counted, not as numbers: the leak guard reads "less than ten" as
+# 10, so for an answer of 10 every such band would be rejected as a leak, and a phrasing chosen
+# by the answer would itself give the answer away.
 BANDS: tuple[tuple[int, int | None, str], ...] = (
-    (1, 10, "less than ten"),
-    (10, 100, "at least ten but less than a hundred"),
-    (100, 1000, "at least a hundred but less than a thousand"),
-    (1000, None, "a thousand or more"),
+    (1, 10, "a single-digit amount"),
+    (10, 100, "a two-digit amount"),
+    (100, 1000, "a three-digit amount"),
+    (1000, None, "a four-digit amount or more"),
 )
 RELATIVE_BANDS: tuple[tuple[float, str], ...] = (
     (0.01, "less than one percent"),
-    (0.1, "less than ten percent"),
+    (0.1, "less than a tenth of the correct value"),
     (0.5, "less than half of the correct value"),
 )
 DIGIT_NAMES = ("units", "tens", "hundreds", "thousands")

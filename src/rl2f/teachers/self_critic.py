@@ -75,7 +75,6 @@ class SelfCritic:
         self.engine = engine
         self.template = cfg.self_prompt_template
         self.sampling: SamplingConfig = cfg.sampling
-        self.fallback_message = cfg.fallback_message
         self.max_chars = max_chars
 
     def critique(self, requests: list[CritiqueRequest]) -> list[str]:
@@ -90,7 +89,8 @@ class SelfCritic:
             raise RuntimeError(
                 f"chat engine returned {len(texts)} replies for {len(views)} conversations"
             )
-        return [clean_critique(text, self.max_chars) or self.fallback_message for text in texts]
+        # Empty stays empty: the guarded loop sends the fallback and counts it as one.
+        return [clean_critique(text, self.max_chars) for text in texts]
 
     def close(self) -> None:
         """Nothing to release: the engine is the student's, and its owner closes it."""
