@@ -676,15 +676,16 @@ def roll_hostile(tasks, student, teacher) -> list[Episode]:
         tasks,
         student,
         teacher,
-        num_generations=1,
-        max_turns=5,  # the fifth attempt answers the paste-back's critique
-        gamma=GAMMA,
-        sampling=GREEDY,
-        guard=LeakGuard(),
-        max_regenerations=2,
-        fallback_message=FALLBACK,
+        RolloutSettings(
+            sampling=GREEDY,
+            num_generations=1,
+            max_turns=5,  # the fifth attempt answers the paste-back's critique
+            gamma=GAMMA,
+            max_regenerations=2,
+            fallback_message=FALLBACK,
+            progress=False,
+        ),
         policy_name="hostile",
-        progress=False,
     )
 
 

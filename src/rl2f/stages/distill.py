@@ -17,7 +17,6 @@ from pathlib import Path
 from rl2f.config import Config
 from rl2f.episodes import Episode, read_episodes
 from rl2f.errors import DataError, UserError
-from rl2f.stages.rollout import check_rollout_split
 from rl2f.tasks.io import atomic_write_text, read_tasks
 from rl2f.tasks.schema import SPLITS, Task, is_eval_split
 from rl2f.tracking import active
@@ -60,7 +59,6 @@ def run(cfg: Config) -> dict:
     policy_dir = cfg.train.rl2f_dir
     if not Path(policy_dir).is_dir():
         raise UserError(f"{policy_dir}: RL2F policy not found (run `rl2f train_rl2f` first)")
-    check_rollout_split(cfg)
     episodes = read_episodes(episodes_path)
     tasks = all_tasks(cfg.data.out_dir)
     check_training_episodes(episodes, tasks, episodes_path)
