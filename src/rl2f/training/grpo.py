@@ -26,6 +26,7 @@ import os
 import shutil
 import statistics
 import time
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
@@ -225,6 +226,7 @@ class ConversationRollout:
         self.seconds = 0.0
         self.student_tokens = 0
         self._teachers: dict[str, Any] = {}
+        self._metrics: defaultdict[str, list[float]] = defaultdict(list)
 
     def _teacher(self, level: str, student: Any):  # noqa: ANN202
         from rl2f.teachers import make_teacher
@@ -268,7 +270,7 @@ class ConversationRollout:
         tokens = sum(sum(e.completion_mask) for e in episodes)
         self.seconds += elapsed
         self.student_tokens += tokens
-        self._log(trainer, episodes, level, elapsed, tokens)
+        self._log(episodes, level, elapsed, tokens)
         return {
             "prompt_ids": [e.prompt_ids for e in episodes],
             "completion_ids": [e.completion_ids for e in episodes],
@@ -277,10 +279,8 @@ class ConversationRollout:
             "conversation_reward": [e.reward for e in episodes],
         }
 
-    def _log(
-        self, trainer: Any, episodes: list[Episode], level: str, seconds: float, tokens: int
-    ) -> None:
-        metrics = trainer._metrics["train"]
+    def _log(self, episodes: list[Episode], level: str, seconds: float, tokens: int) -> None:
+        metrics = self._metrics
         for turn in range(1, self.spec.max_turns + 1):
             solved = sum(e.solved_at is not None and e.solved_at <= turn for e in episodes)
             metrics[f"rollout/acc_turn_{turn}"].append(solved / len(episodes))
@@ -298,6 +298,12 @@ class ConversationRollout:
         metrics["rollout/seconds"].append(seconds)
         metrics["rollout/student_tokens"].append(float(tokens))
 
+    def pop_metrics(self) -> dict[str, float]:
+        """The mean of each rollout metric since the last call (one call per logging step)."""
+        means = {key: statistics.fmean(values) for key, values in self._metrics.items() if values}
+        self._metrics.clear()
+        return means
+
     def close(self) -> None:
         for teacher in self._teachers.values():
             teacher.close()
@@ -311,15 +317,27 @@ def _prompt_text(prompt: Any) -> str:
 
 # ---------------------------------------------------------------- the trainer
 def make_trainer_class(per_turn_credit: bool):  # noqa: ANN201
-    """TRL's GRPOTrainer, or its per-turn credit variant (token-level advantages)."""
+    """TRL's GRPOTrainer with the rollout's metrics in its logs, or its per-turn credit variant
+    (token-level advantages)."""
     from trl import GRPOTrainer
 
-    if not per_turn_credit:
-        return GRPOTrainer
+    class ConversationGRPOTrainer(GRPOTrainer):
+        """Adds the rollout's own metrics (accuracy by turn, leaks, timing) to every log through
+        ``Trainer.log``, the method Transformers documents for injecting what gets logged; TRL's
+        ``log`` then adds its own and hands both to MLflow and the console."""
 
-    class PerTurnCreditGRPOTrainer(GRPOTrainer):
+        def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+            if self.model.training and isinstance(self.rollout_func, ConversationRollout):
+                logs = {**logs, **self.rollout_func.pop_metrics()}
+            super().log(logs, start_time)
+
+    if not per_turn_credit:
+        return ConversationGRPOTrainer
+
+    class PerTurnCreditGRPOTrainer(ConversationGRPOTrainer):
         """Replaces TRL's sequence-level advantages with :func:`per_turn_advantages` (TRL's loss
-        accepts advantages of shape (B, T))."""
+        accepts advantages of shape (B, T)). TRL has no public hook for advantages, so this
+        wraps ``_generate_and_score_completions``; tests pin what it must return."""
 
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
