@@ -172,3 +172,23 @@ def test_concurrent_faults_do_not_deadlock() -> None:
     assert results == {k: [f"echo: {k}-{i}" for i in range(12)] for k in range(3)}
     assert stats["completed"] == stats["requests"] == 36
     assert stats["retries"] == 30 and stats["failures"] == 0
+
+
+def test_an_llm_teacher_reports_its_engines_counters_for_the_stage_metrics() -> None:
+    """The rollout stage puts ``teacher.engine_stats()`` into its summary: an LLM teacher over
+    a rate-limiting server reports the retry, rule-based teachers report nothing."""
+    from rl2f.config import TeacherConfig
+    from rl2f.tasks.schema import Task
+    from rl2f.tasks.verifiers import verify
+    from rl2f.teachers import make_teacher
+    from rl2f.teachers.base import CritiqueRequest
+
+    task = Task(domain="math", source="test", prompt="What is 2 + 3?", answer="5", verifier="math")
+    request = CritiqueRequest(task, user(task.prompt), "Answer: 4", verify(task, "Answer: 4"), 1)
+    with engine_for(first_then("429")) as (engine, _server):
+        teacher = make_teacher(TeacherConfig(kind="llm", model="teacher"), engine=engine)
+        (critique,) = teacher.critique([request])
+        assert critique.startswith("echo:")
+        stats = teacher.engine_stats()
+    assert stats["rate_limited"] == 1 and stats["retries"] == 1 and stats["completed"] == 1
+    assert make_teacher(TeacherConfig(kind="oracle")).engine_stats() == {}

@@ -188,6 +188,10 @@ class TeacherPool:
             self._llm = make_teacher(self.cfg.teacher.model_copy(update={"kind": "llm"}))
         return self._llm
 
+    def engine_stats(self) -> dict[str, int]:
+        """The shared LLM teacher engine's counters (retries, rate limits, failures)."""
+        return self._llm.engine_stats() if self._llm is not None else {}
+
     def close(self) -> None:
         if self._llm is not None:
             self._llm.close()

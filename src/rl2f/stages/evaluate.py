@@ -32,7 +32,7 @@ from rl2f.evaluation.runner import (
 )
 from rl2f.evaluation.schema import validate_metrics
 from rl2f.tasks.io import atomic_write_text
-from rl2f.tracking import stage_run
+from rl2f.tracking import active, stage_run
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +152,16 @@ def evaluate_one(
     return results
 
 
+def log_teacher_engine(stats: dict[str, int]) -> None:
+    """An HTTP teacher's retries, rate limits and failures, in the log and the stage's run."""
+    if not stats:
+        return
+    log.info("teacher engine: %s", stats)
+    run = active()
+    if run is not None:
+        run.log_metrics({f"teacher_engine/{name}": float(n) for name, n in stats.items()})
+
+
 def run(cfg: Config) -> dict[str, Any]:
     sources = model_sources(cfg)
     modes = check_modes(cfg)
@@ -168,7 +178,9 @@ def run(cfg: Config) -> dict[str, Any]:
             else:
                 log.warning("%s: no evaluation task fits the model's context; not evaluated", name)
     finally:
+        engine_stats = teachers.engine_stats()
         teachers.close()
+    log_teacher_engine(engine_stats)
 
     if not metrics:
         raise UserError("evaluate: no model could be evaluated (no task fits any model's context)")

@@ -84,6 +84,7 @@ def roll_out(cfg: Config, progress: bool = True) -> tuple[list[Episode], dict[st
                 ),
                 policy_name=model_dir.name,
             )
+            engine_stats = teacher.engine_stats()
         finally:
             teacher.close()  # the self teacher leaves the student's engine open
     finally:
@@ -93,6 +94,8 @@ def roll_out(cfg: Config, progress: bool = True) -> tuple[list[Episode], dict[st
     summary.update(
         split=params.split, policy=model_dir.name, teacher=teacher.name, model_dir=str(model_dir)
     )
+    if engine_stats:  # an HTTP teacher's retries, rate limits and failures
+        summary["teacher_engine"] = engine_stats
     return episodes, summary
 
 

@@ -39,3 +39,8 @@ class Teacher(Protocol):
         the same way instead of reaching for its engine. It must not close an engine it was
         lent, such as the student's."""
         ...
+
+    def engine_stats(self) -> dict[str, int]:
+        """What the teacher's engine counted (requests, retries, rate limits, failures of an
+        HTTP engine), for the stage's metrics; empty for a teacher without such counters."""
+        ...

@@ -123,6 +123,10 @@ class LLMTeacher:
         if self.owns_engine:
             self.engine.close()
 
+    def engine_stats(self) -> dict[str, int]:
+        stats = getattr(self.engine, "stats", None)  # only the HTTP engine keeps counters
+        return dict(stats) if isinstance(stats, dict) else {}
+
     def _sampling(self, attempt_number: int) -> SamplingConfig:
         sampling = self.cfg.sampling
         return sampling.model_copy(update={"seed": sampling.seed + attempt_number})

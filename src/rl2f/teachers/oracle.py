@@ -257,6 +257,9 @@ class OracleTeacher:
     def close(self) -> None:
         pass
 
+    def engine_stats(self) -> dict[str, int]:
+        return {}
+
     def critique_one(self, request: CritiqueRequest) -> str:
         task = request.task
         voice = Voice(f"{task.id}\x1f{request.turn}\x1f{request.attempt_number}")

@@ -23,3 +23,6 @@ class RetryTeacher:
 
     def close(self) -> None:
         pass
+
+    def engine_stats(self) -> dict[str, int]:
+        return {}

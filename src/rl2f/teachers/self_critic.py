@@ -94,3 +94,6 @@ class SelfCritic:
 
     def close(self) -> None:
         """Nothing to release: the engine is the student's, and its owner closes it."""
+
+    def engine_stats(self) -> dict[str, int]:
+        return {}  # the engine is the student's: its counters are not the teacher's
