@@ -506,3 +506,33 @@ def test_llm_judge_runs_on_a_real_small_model(tiny_model_dir):
         engine.close()
     assert len(verdicts) == 2 and all(isinstance(v, bool) for v in verdicts)
     assert judge.asked == 2 and judge.revealed + judge.unreadable <= 2
+
+
+def test_teacher_judge_model_puts_the_judge_into_every_rollouts_guard():
+    """``teacher.judge_model`` (served over HTTP here) reaches the guard RolloutSettings builds
+    for training, the rollout stage and the evaluation; closing the settings closes the judge's
+    engine, and without a judge_model the guard has string checks only."""
+    from servers import FaultyChatServer
+
+    from rl2f.config import Config, DataConfig, EngineConfig, SourceConfig, TeacherConfig
+    from rl2f.errors import UserError
+    from rl2f.rollout import RolloutSettings
+
+    data = DataConfig(sources=[SourceConfig(kind="reasoning_gym", name="basic_arithmetic")])
+
+    task = math_task("12", "Compute 7 + 5.")
+    with FaultyChatServer(lambda _a, _m: "ok", reply=judge_reply) as server:
+        engine = EngineConfig(kind="openai", base_url=server.url, max_retries=0)
+        teacher = TeacherConfig(judge_model="judge", judge_engine=engine)
+        settings = RolloutSettings.from_config(
+            Config(data=data, teacher=teacher), num_generations=1, max_turns=2
+        )
+        try:
+            flags = settings.guard.check(task, "Just add your two numbers and write that.")
+            assert flags.fired == ("llm_judge",)
+        finally:
+            settings.close()
+        with pytest.raises(UserError, match="used after close"):
+            settings.guard.judge.engine.chat([[{"role": "user", "content": "hi"}]], None)
+    plain = RolloutSettings.from_config(Config(data=data), num_generations=1, max_turns=2)
+    assert plain.guard.judge is None

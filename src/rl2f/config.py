@@ -300,6 +300,16 @@ class TeacherConfig(Strict):
     model: str | None = Field(
         default=None, description="llm teacher: hub id, path or server model name"
     )
+    judge_model: str | None = Field(
+        default=None,
+        description="a model asked whether each critique reveals the answer (the paper's LLM "
+        "judge), after the string checks pass; a YES sends the critique back for regeneration. "
+        "Hub id, path or server model name; null: string checks only",
+    )
+    judge_engine: EngineConfig = Field(
+        default_factory=EngineConfig,
+        description="the engine that runs judge_model (e.g. kind openai for a served model)",
+    )
     engine: EngineConfig = Field(
         default_factory=EngineConfig, description="llm teacher: the engine that runs it"
     )

@@ -45,7 +45,7 @@ from fractions import Fraction
 from functools import lru_cache
 from typing import Any
 
-from rl2f.config import SamplingConfig
+from rl2f.config import SamplingConfig, TeacherConfig
 from rl2f.engines.base import ChatEngine
 from rl2f.tasks.arithmetic import arithmetic_value
 from rl2f.tasks.number_forms import rewrite_numbers
@@ -381,7 +381,8 @@ class LeakGuard:
 
     ``overlap_threshold``: share of the solution's private token n-grams (``ngram_size`` tokens
     each) that a critique may contain before it counts as pasting the solution. ``judge``: an
-    optional :class:`LeakJudge` asked about every critique the string checks pass.
+    optional :class:`LeakJudge` asked about every critique the string checks pass
+    (``owns_judge_engine``: ``close()`` closes its engine).
     """
 
     def __init__(
@@ -390,6 +391,7 @@ class LeakGuard:
         ngram_size: int = 4,
         *,
         judge: LeakJudge | None = None,
+        owns_judge_engine: bool = False,
     ) -> None:
         if not 0.0 < overlap_threshold <= 1.0:
             raise ValueError(f"overlap_threshold must be in (0, 1], got {overlap_threshold}")
@@ -398,9 +400,15 @@ class LeakGuard:
         self.overlap_threshold = overlap_threshold
         self.ngram_size = ngram_size
         self.judge = judge
+        self.owns_judge_engine = owns_judge_engine
 
     def check(self, task: Task, critique: str) -> LeakFlags:
         return self.check_many([(task, critique)])[0]
+
+    def close(self) -> None:
+        """Close the judge's engine when this guard started it (:func:`make_guard`)."""
+        if self.judge is not None and self.owns_judge_engine:
+            self.judge.engine.close()
 
     def check_many(self, items: Sequence[tuple[Task, str]]) -> list[LeakFlags]:
         """Flags for many (task, critique) pairs: the string checks one by one, then the judge,
@@ -520,3 +528,14 @@ __all__ = [
     "normalize_text",
     "numeric_candidates",
 ]
+
+
+def make_guard(cfg: TeacherConfig) -> LeakGuard:
+    """The guard ``teacher.judge_model`` asks for: string checks, plus the LLM judge when one is
+    named (its engine is started here and closed by ``guard.close()``)."""
+    if not cfg.judge_model:
+        return LeakGuard()
+    from rl2f.engines import make_engine
+
+    judge = LeakJudge(make_engine(cfg.judge_engine, cfg.judge_model))
+    return LeakGuard(judge=judge, owns_judge_engine=True)

@@ -28,7 +28,7 @@ from rl2f.engines import request_seed
 from rl2f.engines.base import Generation, Message, TokenEngine, TokenSession, open_session
 from rl2f.episodes import Episode, Turn, discounted_reward
 from rl2f.errors import UserError
-from rl2f.leakage import LeakGuard
+from rl2f.leakage import LeakGuard, make_guard
 from rl2f.tasks.schema import Task
 from rl2f.tasks.verifiers import Verdict, verify
 from rl2f.teachers.base import CritiqueRequest, Teacher
@@ -142,6 +142,9 @@ class RolloutSettings:
     verify_workers: int | None = None  # threads verifying attempts (None: CPUs + 4, at most 32)
     progress: bool = True  # a progress bar on stderr
 
+    def close(self) -> None:
+        self.guard.close()
+
     @classmethod
     def from_config(
         cls,
@@ -153,9 +156,11 @@ class RolloutSettings:
         progress: bool = True,
     ) -> RolloutSettings:
         """The project's settings (``rollout.gamma``, ``rollout.sampling``, the teacher's
-        regeneration budget and fallback) with the caller's episode shape."""
+        regeneration budget and fallback, the leak guard with the LLM judge if one is named)
+        with the caller's episode shape. Call :meth:`close` when done (the judge's engine)."""
         return cls(
             sampling=sampling or cfg.rollout.sampling,
+            guard=make_guard(cfg.teacher),
             num_generations=num_generations,
             max_turns=max_turns,
             gamma=cfg.rollout.gamma,

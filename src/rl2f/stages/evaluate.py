@@ -31,6 +31,7 @@ from rl2f.evaluation.runner import (
     modes_for_model,
 )
 from rl2f.evaluation.schema import validate_metrics
+from rl2f.rollout import RolloutSettings
 from rl2f.tasks.io import atomic_write_text
 from rl2f.tracking import active, stage_run
 
@@ -105,6 +106,7 @@ def evaluate_one(
     splits: list[EvalSplit],
     modes: list[str],
     teachers: TeacherPool,
+    settings: RolloutSettings,
 ) -> dict[str, Any]:
     """Roll out, store and score every cell of one model inside its own MLflow child run."""
     from rl2f.engines import make_engine
@@ -126,7 +128,7 @@ def evaluate_one(
                 splits,
                 modes,
                 teachers.for_mode,
-                eval_settings(cfg),
+                settings,
                 sycophancy_probe=cfg.eval.sycophancy_probe,
             ):
                 write_cell(episodes_dir, name, cell.split, cell.mode, cell.episodes, cell.probes)
@@ -169,10 +171,12 @@ def run(cfg: Config) -> dict[str, Any]:
     model_modes = {name: modes_for_model(cfg, name, modes) for name in sources}
     splits = load_eval_splits(cfg)
     teachers = TeacherPool(cfg)
+    settings = eval_settings(cfg)
     metrics: dict[str, Any] = {}
     try:
         for name, source in sources.items():
-            results = evaluate_one(cfg, name, source, splits, model_modes[name], teachers)
+            modes_of = model_modes[name]
+            results = evaluate_one(cfg, name, source, splits, modes_of, teachers, settings)
             if results:
                 metrics[name] = results
             else:
@@ -180,6 +184,7 @@ def run(cfg: Config) -> dict[str, Any]:
     finally:
         engine_stats = teachers.engine_stats()
         teachers.close()
+        settings.close()
     log_teacher_engine(engine_stats)
 
     if not metrics:

@@ -69,6 +69,12 @@ def roll_out(cfg: Config, progress: bool = True) -> tuple[list[Episode], dict[st
         )
 
     student = make_engine(params.engine, str(model_dir), dtype=cfg.model.dtype)
+    settings = RolloutSettings.from_config(
+        cfg,
+        num_generations=params.num_generations,
+        max_turns=cfg.train.max_turns,
+        progress=progress,
+    )
     try:
         teacher = make_teacher(cfg.teacher, engine=student if cfg.teacher.kind == "self" else None)
         try:
@@ -76,12 +82,7 @@ def roll_out(cfg: Config, progress: bool = True) -> tuple[list[Episode], dict[st
                 tasks,
                 student,  # type: ignore[arg-type]  (a token engine: checked by kind above)
                 teacher,
-                RolloutSettings.from_config(
-                    cfg,
-                    num_generations=params.num_generations,
-                    max_turns=cfg.train.max_turns,
-                    progress=progress,
-                ),
+                settings,
                 policy_name=model_dir.name,
             )
             engine_stats = teacher.engine_stats()
@@ -89,6 +90,7 @@ def roll_out(cfg: Config, progress: bool = True) -> tuple[list[Episode], dict[st
             teacher.close()  # the self teacher leaves the student's engine open
     finally:
         student.close()
+        settings.close()
 
     summary = summarize(episodes, cfg.train.max_turns)
     summary.update(

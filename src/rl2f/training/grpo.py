@@ -307,6 +307,7 @@ class ConversationRollout:
     def close(self) -> None:
         for teacher in self._teachers.values():
             teacher.close()
+        self.settings.close()
 
 
 def _prompt_text(prompt: Any) -> str:
