@@ -63,7 +63,8 @@ LEAK_CHECKS = CHECKS  # the guard's own check names, so a new check shows up her
 class Figures:
     """Each figure as inline SVG (HTML) and PNG (Markdown), keyed by file stem."""
 
-    svg: dict[str, Markup] = field(default_factory=dict)  # drawn here, so safe to inline
+    # matplotlib writes the SVG and escapes the labels in it, so it is inlined as markup
+    svg: dict[str, Markup] = field(default_factory=dict)
     png: dict[str, bytes] = field(default_factory=dict)
 
 
