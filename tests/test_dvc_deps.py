@@ -11,8 +11,10 @@ Both are derived here from the source, statically, so they hold as the code chan
   and every string that names an rl2f module (``importlib.import_module`` of task loaders; not
   in the stage registry ``rl2f.stages``, which names every stage: a stage runs only its own).
   This over-approximates (a function that is never called still counts), which errs towards
-  rerunning. Every such file must lie under one of the stage's deps (a file or a directory),
-  and every ``src/`` dep must hold at least one of them.
+  rerunning. Besides its modules a stage runs the templates they load: the folder named by a
+  ``PackageLoader("rl2f", "<folder>")`` (``rl2f.report`` renders ``src/rl2f/templates``).
+  Every such file must lie under one of the stage's deps (a file or a directory), and every
+  ``src/`` dep must hold at least one of them.
 - Params: every read of the validated config in those modules, found with ``ast``: a name
   annotated ``Config`` (or ``self.<attr>`` set from one), its aliases (``t = cfg.train``) and
   ``<x>.cfg.<section>.<field>`` chains. A chain ends at the deepest config field it names; a
@@ -104,6 +106,31 @@ def stage_modules(stage: str) -> set[str]:
         seen.add(name)
         pending += imports_of(name)
     return seen
+
+
+@cache
+def templates_of(name: str) -> frozenset[Path]:
+    """The template folders module ``name`` loads: ``PackageLoader("rl2f", "templates")``, as
+    ``rl2f.report`` does, reads src/rl2f/templates at run time, so editing a template must
+    rerun the stage like editing the module would."""
+    found = set()
+    for node in ast.walk(ast.parse(module_file(name).read_text())):
+        if not isinstance(node, ast.Call):
+            continue
+        called = getattr(node.func, "attr", getattr(node.func, "id", None))  # jinja2.X or X
+        if called != "PackageLoader":
+            continue
+        args = [arg.value for arg in node.args if isinstance(arg, ast.Constant)]
+        assert len(args) == len(node.args) == 2, f"{name}: a PackageLoader this cannot read"
+        package, folder = args
+        found.add(SRC.joinpath(*package.split("."), folder))
+    return frozenset(found)
+
+
+def stage_files(stage: str) -> set[Path]:
+    """The source files and template folders a stage runs."""
+    modules = stage_modules(stage)
+    return {module_file(m) for m in modules} | set().union(*map(templates_of, modules))
 
 
 # ---------------------------------------------------------------- config reads
@@ -368,6 +395,7 @@ def test_the_analysis_sees_what_is_known_to_be_read() -> None:
     assert "rollout.max_tasks" not in read_params("train_rl2f")
     assert {"model.student", "model.base_dir"} <= read_params("train_rl2f")  # base_path
     assert "rl2f.tasks.verifiers" in stage_modules("train_rl2f")
+    assert SRC / "rl2f/templates" in stage_files("report")
 
 
 @pytest.mark.parametrize("name", STAGE_NAMES)
@@ -375,7 +403,7 @@ def test_stage_deps_cover_every_module_it_runs(name: str) -> None:
     spec = dvc_stages()[name]
     stage, _ = command(spec)
     deps = [REPO / dep for dep in spec.get("deps", [])]
-    files = {module_file(module) for module in stage_modules(stage)}
+    files = stage_files(stage)
     uncovered = sorted(
         str(f.relative_to(REPO)) for f in files if not any(f == d or d in f.parents for d in deps)
     )

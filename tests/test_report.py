@@ -3,6 +3,8 @@ real headless Chromium."""
 
 from __future__ import annotations
 
+import dataclasses
+import html
 import json
 import random
 import re
@@ -231,6 +233,91 @@ def test_untrusted_text_is_escaped() -> None:
     block = markdown.split(fence.group(0), 1)[1]
     assert block.index("after the fence") < block.index(fence.group(1))
     assert "\\<b\\>5\\</b\\>" in markdown  # the extracted answer, escaped in a note
+
+
+def html_headings(page: str) -> list[tuple[int, str]]:
+    return [
+        (int(level), html.unescape(re.sub(r"<[^>]+>", "", text)))
+        for level, text in re.findall(r"<h([1-6])[^>]*>(.*?)</h\1>", page, re.S)
+    ]
+
+
+def markdown_headings(markdown: str) -> list[tuple[int, str]]:
+    """Headings outside the fenced conversations (a '# ' line in a student's code is none)."""
+    found, fence = [], None
+    for line in markdown.splitlines():
+        if fence:
+            fence = None if line == fence else fence
+        elif opened := re.fullmatch(r"(~{4,})text", line):
+            fence = opened.group(1)
+        elif heading := re.fullmatch(r"(#{1,6}) (.*)", line):
+            found.append((len(heading.group(1)), re.sub(r"\\(.)", r"\1", heading.group(2))))
+    return found
+
+
+def test_html_and_markdown_show_the_same_sections(workspace: Path) -> None:
+    """Both reports come from one set of data and section texts: the same headings, at the same
+    levels, in the same order; the HTML nav links every section, in that order."""
+    page = (workspace / "reports/report.html").read_text()
+    markdown = (workspace / "reports/report.md").read_text()
+    headings = html_headings(page)
+    assert headings == markdown_headings(markdown)
+    sections = [text for level, text in headings if level == 2]
+    assert sections == [
+        "Results",
+        "Paired differences",
+        "Accuracy by turn",
+        "Plasticity",
+        "Sycophancy",
+        "Leaks",
+        "Example episodes",
+    ]
+    assert (3, "Turn-1 accuracy") in headings and (3, "ood_maze") in headings
+    assert sum(level == 4 for level, _ in headings) >= 3  # the example conversations
+    nav = re.search(r"<nav>(.*?)</nav>", page, re.S).group(1)
+    assert [html.unescape(t) for t in re.findall(r">([^<]+)</a>", nav)] == sections
+    assert re.findall(r'href="#([^"]+)"', nav) == re.findall(r'<section id="([^"]+)"', page)
+
+
+HOSTILE_MODEL = "<script>alert(1)</script>|rl2f"
+
+
+def test_a_hostile_model_name_is_escaped(workspace: Path) -> None:
+    """A model name is data (a directory under data/episodes/eval): in the HTML it is text,
+    never markup; in the Markdown its pipe cannot split a table row."""
+
+    def rename(model: str) -> str:
+        return HOSTILE_MODEL if model == "rl2f_critic" else model
+
+    metrics = json.loads((workspace / "reports/metrics.json").read_text())
+    cells = {
+        rename(model): [
+            dataclasses.replace(cell, model=rename(cell.model))
+            for cell in read_model_cells(workspace / "data/episodes/eval", model)
+        ]
+        for model in metrics
+    }
+    metrics = {rename(model): splits for model, splits in metrics.items()}
+    rows = json.loads((workspace / "reports/comparisons.json").read_text())
+    for row in rows:
+        for side in (row["a"], row["b"]):
+            side["model"] = rename(side["model"])
+    report = build_report(metrics, cells, rows)
+
+    assert "<script" not in report.html
+    escaped = html.escape(HOSTILE_MODEL)
+    results = report.html.split('id="results-table"', 1)[1].split("</table>", 1)[0]
+    assert f'<td class="name">{escaped}</td>' in results
+    differences = report.html.split('id="differences-eval_id"', 1)[1].split("</table>", 1)[0]
+    assert f'<td class="name">{escaped} · self</td>' in differences
+    assert f"Models: base, single_turn, rl2f, {escaped}." in report.html
+
+    shown = r"\<script\>alert(1)\</script\>\|rl2f"
+    table = report.markdown.split("## Results", 1)[1].split("###", 1)[0]
+    lines = [line for line in table.splitlines() if line.startswith("|")]
+    assert any(line.startswith(f"| {shown} |") for line in lines)
+    cells_per_line = {len(re.split(r"(?<!\\)\|", line)) for line in lines}
+    assert len(cells_per_line) == 1, "a pipe in the name split a row"
 
 
 # ---------------------------------------------------------------- rendered in a browser

@@ -8,16 +8,23 @@ conversations, with the figures as PNG files beside it (``figures/``).
 Sections follow how people read a result: the paper-style results table, paired differences
 between models (is the gap real?), accuracy curves, plasticity, sycophancy, leaks, then example
 conversations.
+
+This module computes what the report shows, once, as plain data (:class:`ReportData`); the
+Jinja2 templates in ``rl2f/templates`` lay it out: ``report.html.j2`` and ``report.md.j2``, with
+the headings and leads both share in ``sections.j2``.
 """
 
 from __future__ import annotations
 
-import html
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any
+
+import jinja2
+from markupsafe import Markup
 
 from rl2f.episodes import Episode, Turn
 from rl2f.evaluation.comparisons import excludes_zero
@@ -56,7 +63,8 @@ LEAK_CHECKS = CHECKS  # the guard's own check names, so a new check shows up her
 class Figures:
     """Each figure as inline SVG (HTML) and PNG (Markdown), keyed by file stem."""
 
-    svg: dict[str, str] = field(default_factory=dict)
+    # matplotlib writes the SVG and escapes the labels in it, so it is inlined as markup
+    svg: dict[str, Markup] = field(default_factory=dict)
     png: dict[str, bytes] = field(default_factory=dict)
 
 
@@ -110,10 +118,39 @@ class AccuracyEntry:
     best: bool
 
 
-def accuracy_table(
-    metrics: Metrics, turn: str
-) -> tuple[list[Column], list[tuple[str, list[AccuracyEntry | None]]]]:
-    """Rows of (model, entries per column) for accuracy at the ``"first"`` or ``"last"`` turn."""
+@dataclass(frozen=True)
+class AccuracyColumn:
+    split: str
+    mode: str
+    turns: int  # the turn budget T of the column
+
+    @property
+    def label(self) -> str:
+        return f"{self.split} · {self.mode} (T={self.turns})"
+
+
+@dataclass(frozen=True)
+class AccuracyRow:
+    model: str
+    entries: list[AccuracyEntry | None]  # one per column; None: the model has no such cell
+
+
+@dataclass(frozen=True)
+class AccuracyTable:
+    columns: list[AccuracyColumn]
+    rows: list[AccuracyRow]
+
+    @property
+    def spans(self) -> list[tuple[str, int]]:
+        """Each split with its number of columns (the HTML header groups them)."""
+        counts: dict[str, int] = {}
+        for column in self.columns:
+            counts[column.split] = counts.get(column.split, 0) + 1
+        return list(counts.items())
+
+
+def accuracy_table(metrics: Metrics, turn: str) -> AccuracyTable:
+    """Accuracy at the ``"first"`` or ``"last"`` turn, one row per model."""
     key, index = ("turn1_acc", 0) if turn == "first" else ("final_acc", -1)
     columns = columns_of(metrics)
     best = {column: best_models(metrics, column, key) for column in columns}
@@ -127,8 +164,9 @@ def accuracy_table(
                 continue
             low, high = cell["ci95_by_turn"][index]
             entries.append(AccuracyEntry(cell[key], low, high, model in best[column]))
-        rows.append((model, entries))
-    return columns, rows
+        rows.append(AccuracyRow(model, entries))
+    labels = [AccuracyColumn(*column, turns_label(metrics, column)) for column in columns]
+    return AccuracyTable(labels, rows)
 
 
 @dataclass(frozen=True)
@@ -203,6 +241,15 @@ def turns_label(metrics: Metrics, column: Column) -> int:
     )
 
 
+@dataclass(frozen=True)
+class Table:
+    """A plain table; the templates format its values (floats to two digits, None as n/a)."""
+
+    headers: list[str]
+    rows: list[list[Any]]
+    name_columns: int  # the leading columns that name the row (left-aligned in HTML)
+
+
 def rate_rows(metrics: Metrics, keys: Sequence[str]) -> list[list[Any]]:
     """One row per (model, split, mode): the named metrics of that cell."""
     rows = []
@@ -212,6 +259,18 @@ def rate_rows(metrics: Metrics, keys: Sequence[str]) -> list[list[Any]]:
             if cell is not None:
                 rows.append([model, split, mode, *[cell[key] for key in keys]])
     return rows
+
+
+def plasticity_table(metrics: Metrics) -> Table:
+    headers = ["model", "split", "mode", "wrong→right", "repeat", "verbatim repeat"]
+    keys = ["flip_wrong_to_right", "repeat_rate", "verbatim_repeat_rate"]
+    return Table(headers, rate_rows(metrics, keys), 3)
+
+
+def sycophancy_table(metrics: Metrics) -> Table:
+    headers = ["model", "split", "mode", "probes", "abandon rate"]
+    keys = ["sycophancy_probes", "sycophancy_abandon_rate"]
+    return Table(headers, rate_rows(metrics, keys), 3)
 
 
 LEAK_HEADERS = ["model", "mode", "critiques", "leak rate", "fallback rate", "leaks by check"]
@@ -282,7 +341,7 @@ def build_figures(metrics: Metrics) -> Figures:
     drawn["plasticity"] = plasticity_figure(metrics)
     drawn["sycophancy"] = sycophancy_figure(metrics)
     for name, figure in drawn.items():
-        figures.svg[name] = to_svg(figure)
+        figures.svg[name] = Markup(to_svg(figure))
         figures.png[name] = to_png(figure)
     return figures
 
@@ -364,328 +423,86 @@ def outcome(episode: Episode) -> str:
     return f"not solved in {len(episode.student_turns)} attempt(s)"
 
 
-# ---------------------------------------------------------------- HTML
-STYLE = """
-:root { --fg: #1f2328; --muted: #59636e; --line: #d0d7de; --soft: #f6f8fa;
-        --ok: #116329; --ok-bg: #dafbe1; --bad: #a40e26; --bad-bg: #ffebe9;
-        --student: #ddf4ff; --teacher: #fff8c5; }
-* { box-sizing: border-box; }
-body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; color: var(--fg);
-       margin: 0; line-height: 1.45; }
-main { max-width: 1180px; margin: 0 auto; padding: 1.5rem 2rem 4rem; }
-h1 { font-size: 1.6rem; margin-bottom: 0.2rem; }
-h2 { font-size: 1.25rem; border-bottom: 1px solid var(--line); padding-bottom: 0.3rem;
-     margin-top: 2.2rem; }
-h3 { font-size: 1.05rem; margin-top: 1.6rem; }
-p.lead, p.note, ul.note, .meta { color: var(--muted); }
-nav a { margin-right: 1rem; }
-table { border-collapse: collapse; margin: 0.8rem 0; font-size: 0.88rem; }
-th, td { border: 1px solid var(--line); padding: 0.3rem 0.55rem; text-align: right; }
-th { background: var(--soft); text-align: center; }
-td.name, th.name { text-align: left; font-weight: 600; }
-td .ci { color: var(--muted); font-size: 0.8em; white-space: nowrap; }
-td.best { background: #eef9f0; }
-td.resolved { background: #eef9f0; }
-figure { margin: 1rem 0; overflow-x: auto; }
-figure svg { max-width: 100%; height: auto; display: block; }
-figcaption { color: var(--muted); font-size: 0.85rem; }
-details { margin: 0.6rem 0; }
-summary { cursor: pointer; color: var(--muted); }
-.episode { border: 1px solid var(--line); border-radius: 8px; margin: 1rem 0;
-           padding: 0.8rem 1rem; }
-.episode header { font-size: 0.85rem; color: var(--muted); margin-bottom: 0.5rem; }
-.episode h4 { margin: 0 0 0.2rem; font-size: 1rem; color: var(--fg); }
-.msg { border-radius: 8px; padding: 0.5rem 0.75rem; margin: 0.45rem 0; max-width: 88%; }
-.msg .who { font-size: 0.78rem; font-weight: 600; color: var(--muted); }
-.msg pre { white-space: pre-wrap; word-break: break-word; margin: 0.25rem 0;
-           font-family: ui-monospace, "SFMono-Regular", Menlo, monospace; font-size: 0.82rem; }
-.msg.task { background: var(--soft); border: 1px dashed var(--line); }
-.msg.student { background: var(--student); margin-left: auto; }
-.msg.teacher { background: var(--teacher); }
-.msg.student.correct { border-left: 3px solid var(--ok); }
-.msg.student.wrong { border-left: 3px solid var(--bad); }
-.badge { display: inline-block; font-size: 0.75rem; border-radius: 4px; padding: 0 0.4rem;
-         margin-right: 0.3rem; }
-.badge.ok { background: var(--ok-bg); color: var(--ok); }
-.badge.bad { background: var(--bad-bg); color: var(--bad); }
-.badge.warn { background: #fff1e5; color: #953800; }
-.pair { display: grid; grid-template-columns: 1fr 1fr; gap: 1rem; }
-@media (max-width: 900px) { .pair { grid-template-columns: 1fr; } }
-"""
+@dataclass(frozen=True)
+class ShownEpisode:
+    """An example conversation as both reports show it."""
+
+    title: str
+    why: str
+    model: str
+    split: str
+    mode: str
+    task_id: str
+    outcome: str
+    utterances: list[Utterance]
 
 
-def esc(text: Any) -> str:
-    return html.escape(str(text), quote=True)
-
-
-def html_accuracy_table(metrics: Metrics, turn: str, table_id: str) -> str:
-    columns, rows = accuracy_table(metrics, turn)
-    splits = list(dict.fromkeys(split for split, _ in columns))
-    head_splits = "".join(
-        f'<th colspan="{sum(1 for s, _ in columns if s == split)}">{esc(split)}</th>'
-        for split in splits
-    )
-    head_modes = "".join(
-        f"<th>{esc(mode)}<br><small>T={turns_label(metrics, (split, mode))}</small></th>"
-        for split, mode in columns
-    )
-    body = []
-    for model, entries in rows:
-        cells = []
-        for entry in entries:
-            if entry is None:
-                cells.append("<td>–</td>")
-                continue
-            value = f"{entry.value:.3f}"
-            value = f"<strong>{value}</strong>" if entry.best else value
-            ci = f'<span class="ci">[{entry.low:.2f}, {entry.high:.2f}]</span>'
-            cells.append(f'<td class="{"best" if entry.best else ""}">{value} {ci}</td>')
-        body.append(f'<tr><td class="name">{esc(model)}</td>{"".join(cells)}</tr>')
-    return (
-        f'<table id="{table_id}" class="results"><thead>'
-        f'<tr><th class="name" rowspan="2">model</th>{head_splits}</tr>'
-        f"<tr>{head_modes}</tr></thead><tbody>{''.join(body)}</tbody></table>"
-    )
-
-
-def html_difference_table(table: DifferenceTable) -> str:
-    head = "".join(f"<th>turn {turn}</th>" for turn in table.turns)
-    body = []
-    for row in table.rows:
-        cells = []
-        for entry in row.entries:
-            value = signed(entry.diff, 3)
-            value = f"<strong>{value}</strong>" if entry.resolved else value
-            ci = f'<span class="ci">[{signed(entry.low, 2)}, {signed(entry.high, 2)}]</span>'
-            cells.append(f'<td class="{"resolved" if entry.resolved else ""}">{value} {ci}</td>')
-        body.append(
-            f'<tr><td class="name">{esc(row.a)}</td><td class="name">{esc(row.b)}</td>'
-            f"<td>{row.n}</td>{''.join(cells)}</tr>"
-        )
-    return (
-        f'<table id="differences-{esc(table.split)}" class="differences"><thead><tr>'
-        f'<th class="name">a</th><th class="name">b</th><th>tasks</th>{head}</tr></thead>'
-        f"<tbody>{''.join(body)}</tbody></table>"
-    )
-
-
-DIFFERENCES_LEAD = (
-    "Accuracy of a minus accuracy of b on the tasks both evaluated, at turn 1 and at the last "
-    "turn, with paired 95% bootstrap intervals over tasks (the same resampled tasks for a and "
-    "b). Bold: the interval excludes 0."
-)
-
-
-def html_differences(comparisons: Sequence[Comparison]) -> list[str]:
-    tables = difference_tables(comparisons)
-    if not tables:
-        return ['<p class="note">No pair of evaluated cells to compare.</p>']
-    parts = []
-    for table in tables:
-        parts += [f"<h3>{esc(table.split)}</h3>", html_difference_table(table)]
-    return parts
-
-
-def html_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], name_columns: int) -> str:
-    def cell(i: int, value: Any) -> str:
-        text = fmt(value) if isinstance(value, float) or value is None else str(value)
-        css = ' class="name"' if i < name_columns else ""
-        return f"<td{css}>{esc(text)}</td>"
-
-    head = "".join(
-        f"<th{' class=name' if i < name_columns else ''}>{esc(h)}</th>"
-        for i, h in enumerate(headers)
-    )
-    body = "".join(
-        "<tr>" + "".join(cell(i, v) for i, v in enumerate(row)) + "</tr>" for row in rows
-    )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def html_figure(svg: str, caption: str) -> str:
-    return f"<figure>{svg}<figcaption>{esc(caption)}</figcaption></figure>"
-
-
-def html_episode(example: Example) -> str:
+def shown_episode(example: Example) -> ShownEpisode:
     episode = example.episode
-    messages = []
-    for item in utterances(episode, example.mode):
-        badges = []
-        for note in item.notes:
-            css = "ok" if note.startswith("✓") else "bad" if note.startswith("✗") else "warn"
-            badges.append(f'<span class="badge {css}">{esc(note)}</span>')
-        verdict = {True: " correct", False: " wrong", None: ""}[item.correct]
-        messages.append(
-            f'<div class="msg {item.kind}{verdict}"><div class="who">{esc(item.label)}</div>'
-            f"<pre>{esc(item.text)}</pre>{''.join(badges)}</div>"
-        )
-    header = (
-        f"{esc(example.model)} · {esc(example.split)} · {esc(example.mode)} feedback · "
-        f"task {esc(episode.task_id)} · {esc(outcome(episode))}"
-    )
-    return (
-        f'<article class="episode"><h4>{esc(example.title)}</h4>'
-        f"<header>{header}<br>{esc(example.why)}</header>{''.join(messages)}</article>"
+    return ShownEpisode(
+        example.title,
+        example.why,
+        example.model,
+        example.split,
+        example.mode,
+        episode.task_id,
+        outcome(episode),
+        utterances(episode, example.mode),
     )
 
 
-def render_html(
-    metrics: Metrics,
-    figures: Figures,
-    examples: Examples,
-    comparisons: Sequence[Comparison] = (),
-) -> str:
+# ---------------------------------------------------------------- the report's data
+@dataclass(frozen=True)
+class ReportData:
+    """Everything the report shows, computed once: both templates render this, so the HTML page
+    and the Markdown report cannot disagree on a number."""
+
+    title: str
+    models: list[str]
+    counts: str  # tasks per split
+    results: AccuracyTable  # at the last turn
+    turn1: AccuracyTable
+    context_notes: list[str]
+    differences: list[DifferenceTable]
+    splits: list[str]  # one accuracy-by-turn figure each
+    plasticity: Table
+    sycophancy: Table
+    leaks: Table
+    fix: list[ShownEpisode] | None  # (base repeats, rl2f fixes)
+    fix_missing_reason: str
+    others: list[ShownEpisode]
+
+
+def report_data(
+    metrics: Metrics, examples: Examples, comparisons: Sequence[Comparison] = ()
+) -> ReportData:
     counts = ", ".join(f"{split}: {n}" for split, n in task_counts(metrics).items())
-    parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>{TITLE}</title><style>{STYLE}</style></head><body><main>",
-        f"<h1>{TITLE}</h1>",
-        f'<p class="meta">Models: {esc(", ".join(metrics))}. Tasks per split: {esc(counts)}.</p>',
-        '<nav><a href="#results">Results</a><a href="#differences">Paired differences</a>'
-        '<a href="#curves">Accuracy by turn</a>'
-        '<a href="#plasticity">Plasticity</a><a href="#sycophancy">Sycophancy</a>'
-        '<a href="#leaks">Leaks</a><a href="#examples">Examples</a></nav>',
-        '<section id="results"><h2>Results</h2>',
-        '<p class="lead">Cumulative accuracy at the last turn T (share of problems solved at or '
-        "before T) under each feedback mode, with 95% bootstrap intervals over tasks. Best per "
-        "column in bold.</p>",
-        html_accuracy_table(metrics, "last", "results-table"),
-        "<h3>Turn-1 accuracy</h3>",
-        '<p class="note">Before any feedback: what single-turn training moves.</p>',
-        html_accuracy_table(metrics, "first", "turn1-table"),
-    ]
-    notes = context_notes(metrics)
-    if notes:
-        items = "".join(f"<li>{esc(note)}</li>" for note in notes)
-        parts.append(f'<p class="note">Context length limits:</p><ul class="note">{items}</ul>')
-    parts += [
-        "</section>",
-        '<section id="differences"><h2>Paired differences</h2>',
-        f'<p class="lead">{esc(DIFFERENCES_LEAD)}</p>',
-        *html_differences(comparisons),
-        "</section>",
-        '<section id="curves"><h2>Accuracy by turn</h2>',
-    ]
-    for split in splits_of(metrics):
-        parts.append(
-            html_figure(
-                figures.svg[f"accuracy_{split}"],
-                f"{split}: cumulative accuracy by turn, one line per model, 95% intervals shaded.",
-            )
-        )
-    plasticity_headers = ["model", "split", "mode", "wrong→right", "repeat", "verbatim repeat"]
-    plasticity = rate_rows(metrics, ["flip_wrong_to_right", "repeat_rate", "verbatim_repeat_rate"])
-    parts += [
-        "</section>",
-        '<section id="plasticity"><h2>Plasticity</h2>',
-        '<p class="lead">After a wrong answer and feedback: how often the next answer is right, '
-        "and how often the model gives the same wrong answer again (the low-plasticity failure "
-        "the paper describes).</p>",
-        html_figure(figures.svg["plasticity"], "Flip and repeat rates per split and mode."),
-        "<details><summary>Table</summary>",
-        html_table(plasticity_headers, plasticity, 3),
-        "</details></section>",
-        '<section id="sycophancy"><h2>Sycophancy</h2>',
-        '<p class="lead">Every first answer that was correct is continued with a critique that '
-        "calls it wrong; the rate is how often the model then abandons its correct answer.</p>",
-        html_figure(figures.svg["sycophancy"], "Share of correct answers abandoned."),
-        "<details><summary>Table</summary>",
-        html_table(
-            ["model", "split", "mode", "probes", "abandon rate"],
-            rate_rows(metrics, ["sycophancy_probes", "sycophancy_abandon_rate"]),
-            3,
-        ),
-        "</details></section>",
-        '<section id="leaks"><h2>Leaks</h2>',
-        '<p class="lead">Share of privileged critiques whose first version revealed the answer '
-        "(each was rejected by the leak guard and regenerated, or replaced by a fixed "
-        "message).</p>",
-        html_table(LEAK_HEADERS, leak_rows(metrics), 2),
-        "</section>",
-        '<section id="examples"><h2>Example episodes</h2>',
-    ]
-    if examples.fix is not None:
-        parts.append(
-            '<h3>RL2F fixes what the base model repeated</h3><div class="pair">'
-            + "".join(html_episode(example) for example in examples.fix)
-            + "</div>"
-        )
-    else:
-        parts.append(
-            "<h3>RL2F fixes what the base model repeated</h3>"
-            '<p class="note" id="no-fix-example">'
-            f"Not found: {esc(examples.fix_missing_reason)}.</p>"
-        )
-    parts += [html_episode(example) for example in examples.others]
-    parts.append("</section></main></body></html>")
-    return "\n".join(parts)
+    fix = [shown_episode(e) for e in examples.fix] if examples.fix is not None else None
+    return ReportData(
+        title=TITLE,
+        models=list(metrics),
+        counts=counts,
+        results=accuracy_table(metrics, "last"),
+        turn1=accuracy_table(metrics, "first"),
+        context_notes=context_notes(metrics),
+        differences=difference_tables(comparisons),
+        splits=splits_of(metrics),
+        plasticity=plasticity_table(metrics),
+        sycophancy=sycophancy_table(metrics),
+        leaks=Table(LEAK_HEADERS, leak_rows(metrics), 2),
+        fix=fix,
+        fix_missing_reason=examples.fix_missing_reason,
+        others=[shown_episode(e) for e in examples.others],
+    )
 
 
-# ---------------------------------------------------------------- Markdown
+# ---------------------------------------------------------------- templates
 # Underscores stay: GitHub Markdown does not read them as emphasis inside words (eval_id).
 _MD_SPECIAL = re.compile(r"([\\`*\[\]<>|])")
 
 
 def md_escape(text: Any) -> str:
     return _MD_SPECIAL.sub(r"\\\1", str(text)).replace("\n", " ")
-
-
-def md_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def md_accuracy_table(metrics: Metrics, turn: str) -> str:
-    columns, rows = accuracy_table(metrics, turn)
-    headers = ["model"] + [
-        md_escape(f"{split} · {mode} (T={turns_label(metrics, (split, mode))})")
-        for split, mode in columns
-    ]
-    body = []
-    for model, entries in rows:
-        cells = [md_escape(model)]
-        for entry in entries:
-            if entry is None:
-                cells.append("–")
-                continue
-            value = f"{entry.value:.3f}"
-            cells.append(
-                f"{f'**{value}**' if entry.best else value} [{entry.low:.2f}, {entry.high:.2f}]"
-            )
-        body.append(cells)
-    return md_table(headers, body)
-
-
-def md_difference_table(table: DifferenceTable) -> str:
-    headers = ["a", "b", "tasks", *[f"turn {turn}" for turn in table.turns]]
-    body = []
-    for row in table.rows:
-        cells = [md_escape(row.a), md_escape(row.b), str(row.n)]
-        for entry in row.entries:
-            value = signed(entry.diff, 3)
-            interval = f"[{signed(entry.low, 2)}, {signed(entry.high, 2)}]"
-            cells.append(f"{f'**{value}**' if entry.resolved else value} {interval}")
-        body.append(cells)
-    return md_table(headers, body)
-
-
-def md_differences(comparisons: Sequence[Comparison]) -> list[str]:
-    tables = difference_tables(comparisons)
-    if not tables:
-        return ["No pair of evaluated cells to compare.", ""]
-    parts = []
-    for table in tables:
-        parts += [f"### {md_escape(table.split)}", "", md_difference_table(table), ""]
-    return parts
-
-
-def md_rows(rows: Sequence[Sequence[Any]]) -> list[list[str]]:
-    return [
-        [fmt(v) if isinstance(v, float) or v is None else md_escape(v) for v in row] for row in rows
-    ]
 
 
 def md_block(text: str) -> str:
@@ -695,92 +512,53 @@ def md_block(text: str) -> str:
     return f"{fence}text\n{text}\n{fence}"
 
 
+def cell_text(value: Any) -> str:
+    """A table value as shown: floats (rates) to two digits, a missing one as n/a."""
+    return fmt(value) if isinstance(value, float) or value is None else str(value)
+
+
+def badge_kind(note: str) -> str:
+    """The CSS class of an utterance note: a verdict, or a warning (repeat, leak)."""
+    return "ok" if note.startswith("✓") else "bad" if note.startswith("✗") else "warn"
+
+
+@cache
+def environment() -> jinja2.Environment:
+    """The report's templates, loaded from the package (pyproject.toml ships them as package
+    data), so an installed rl2f finds them too."""
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("rl2f", "templates"),
+        # HTML escapes every value unless it is Markup; Markdown escapes with |md where needed.
+        autoescape=jinja2.select_autoescape(enabled_extensions=("html.j2",), default=False),
+        undefined=jinja2.StrictUndefined,  # a misspelt field fails instead of printing nothing
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters.update(
+        fmt=fmt, signed=signed, cell=cell_text, md=md_escape, md_block=md_block, badge=badge_kind
+    )
+    return env
+
+
+def render_html(data: ReportData, figures: Figures) -> str:
+    return environment().get_template("report.html.j2").render(data=data, figures=figures.svg)
+
+
+def render_markdown(data: ReportData) -> str:
+    page = environment().get_template("report.md.j2").render(data=data, figures_dir=FIGURES_DIR)
+    return page.rstrip() + "\n"
+
+
+def html_episode(example: Example) -> str:
+    """One conversation as HTML (the macro report.html.j2 uses)."""
+    macros = environment().get_template("macros.html.j2").module
+    return str(macros.episode(shown_episode(example)))
+
+
 def md_episode(example: Example) -> str:
-    episode = example.episode
-    lines = [
-        f"#### {example.title}",
-        "",
-        f"*{md_escape(example.model)} · {md_escape(example.split)} · {md_escape(example.mode)} "
-        f"feedback · task {md_escape(episode.task_id)} · {md_escape(outcome(episode))}.* "
-        f"{md_escape(example.why)}",
-        "",
-    ]
-    for item in utterances(episode, example.mode):
-        notes = f" — {'; '.join(md_escape(n) for n in item.notes)}" if item.notes else ""
-        lines += [f"**{md_escape(item.label)}**{notes}", "", md_block(item.text), ""]
-    return "\n".join(lines)
-
-
-def render_markdown(
-    metrics: Metrics, examples: Examples, comparisons: Sequence[Comparison] = ()
-) -> str:
-    counts = ", ".join(f"{split}: {n}" for split, n in task_counts(metrics).items())
-    parts = [
-        f"# {TITLE}",
-        "",
-        f"Models: {md_escape(', '.join(metrics))}. Tasks per split: {md_escape(counts)}.",
-        "",
-        "## Results",
-        "",
-        "Cumulative accuracy at the last turn T with 95% bootstrap intervals over tasks; best per "
-        "column in bold.",
-        "",
-        md_accuracy_table(metrics, "last"),
-        "",
-        "### Turn-1 accuracy",
-        "",
-        md_accuracy_table(metrics, "first"),
-        "",
-    ]
-    notes = context_notes(metrics)
-    if notes:
-        parts += ["Context length limits:", "", *[f"- {md_escape(note)}" for note in notes], ""]
-    parts += ["## Paired differences", "", DIFFERENCES_LEAD, "", *md_differences(comparisons)]
-    parts += ["## Accuracy by turn", ""]
-    for split in splits_of(metrics):
-        parts += [f"![{split}: accuracy by turn]({FIGURES_DIR}/accuracy_{split}.png)", ""]
-    parts += [
-        "## Plasticity",
-        "",
-        "After a wrong answer and feedback: how often the next answer is right, and how often the "
-        "same wrong answer comes back.",
-        "",
-        f"![plasticity]({FIGURES_DIR}/plasticity.png)",
-        "",
-        md_table(
-            ["model", "split", "mode", "wrong→right", "repeat", "verbatim repeat"],
-            md_rows(
-                rate_rows(metrics, ["flip_wrong_to_right", "repeat_rate", "verbatim_repeat_rate"])
-            ),
-        ),
-        "",
-        "## Sycophancy",
-        "",
-        "Correct first answers continued with a critique that calls them wrong: how often the "
-        "model abandons the correct answer.",
-        "",
-        f"![sycophancy]({FIGURES_DIR}/sycophancy.png)",
-        "",
-        md_table(
-            ["model", "split", "mode", "probes", "abandon rate"],
-            md_rows(rate_rows(metrics, ["sycophancy_probes", "sycophancy_abandon_rate"])),
-        ),
-        "",
-        "## Leaks",
-        "",
-        md_table(LEAK_HEADERS, md_rows(leak_rows(metrics))),
-        "",
-        "## Example episodes",
-        "",
-        "### RL2F fixes what the base model repeated",
-        "",
-    ]
-    if examples.fix is not None:
-        parts += [md_episode(example) for example in examples.fix]
-    else:
-        parts += [f"Not found: {md_escape(examples.fix_missing_reason)}.", ""]
-    parts += [md_episode(example) for example in examples.others]
-    return "\n".join(parts).rstrip() + "\n"
+    """One conversation as Markdown (the macro report.md.j2 uses)."""
+    macros = environment().get_template("macros.md.j2").module
+    return str(macros.episode(shown_episode(example)))
 
 
 # ---------------------------------------------------------------- entry points
@@ -792,12 +570,12 @@ def build_report(
     """The report of validated ``metrics``, the stored evaluation episodes (by model) and the
     rows of comparisons.json."""
     figures = build_figures(metrics)
-    examples = choose_examples(cells)
+    data = report_data(metrics, choose_examples(cells), comparisons)
     return Report(
-        html=render_html(metrics, figures, examples, comparisons),
-        markdown=render_markdown(metrics, examples, comparisons),
+        html=render_html(data, figures),
+        markdown=render_markdown(data),
         figures={f"{name}.png": png for name, png in figures.png.items()},
-        fix_example=examples.fix is not None,
+        fix_example=data.fix is not None,
     )
 
 
