@@ -16,7 +16,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from rl2f.errors import one_line
+from rl2f.errors import decode_utf8, one_line
 
 PROFILE_ENV = "RL2F_PROFILE"
 PROFILES_DIR = "profiles"
@@ -617,15 +617,8 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: is a directory, not a YAML file") from None
     except OSError as exc:  # permissions, a broken link, an unreadable device
         raise ConfigError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    try:
-        # Strict UTF-8 (a leading BOM allowed): YAML would otherwise guess an encoding and a
-        # Latin-1 file would surface as a decode traceback.
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        raise ConfigError(
-            f"{path} line {line}: not UTF-8 text (byte 0x{data[exc.start]:02x})"
-        ) from None
+    # Strict UTF-8: YAML would otherwise guess an encoding from the first bytes.
+    text = decode_utf8(data, str(path), ConfigError)
     try:
         tree = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:

@@ -28,3 +28,14 @@ def one_line(text: object, limit: int = MAX_MESSAGE_CHARS) -> str:
         half = limit // 2
         line = f"{line[:half]} ... {line[-half:]}"
     return line
+
+
+def decode_utf8(data: bytes, where: str, error: type[Exception] = DataError) -> str:
+    """``data`` as text, a leading BOM dropped; bytes that are not UTF-8 raise ``error`` naming
+    the line, instead of the codec's traceback or a silently guessed encoding."""
+    data = data.removeprefix(b"\xef\xbb\xbf")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise error(f"{where} line {line}: not UTF-8 text (byte 0x{data[exc.start]:02x})") from None
