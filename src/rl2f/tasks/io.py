@@ -86,10 +86,12 @@ def check_task_row(row: dict, where: str) -> None:
             )
     for column in JSON_COLUMNS:
         value = row[column]
-        if value is None or isinstance(value, dict) or value == "":
+        if value is None or isinstance(value, dict):
             continue
-        if not isinstance(value, str):
+        if not isinstance(value, str):  # e.g. a list column, read back as an array
             raise DataError(f"{where}: column {column!r} must be a JSON object")
+        if not value:
+            continue
         try:
             parsed = json.loads(value)
         except json.JSONDecodeError as exc:
