@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from rl2f.config import ConfigError, load_config
-from rl2f.errors import UserError
+from rl2f.errors import UserError, one_line
 from rl2f.stages import STAGES
 
 
@@ -149,7 +149,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             STAGES[args.stage].run(load_config(args.params, args.overrides, args.profile))
     except (ConfigError, UserError) as exc:
-        print(f"rl2f {args.command}: error: {exc}", file=sys.stderr)
+        # one_line: a message quoting a corrupt input must not spill control characters or
+        # megabytes onto the terminal.
+        print(f"rl2f {args.command}: error: {one_line(exc)}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if exc.filename is None:
+            raise
+        # A path from params the OS refuses (permissions, a file where a folder should be):
+        # the user's to fix, so one line naming it rather than a traceback.
+        print(
+            f"rl2f {args.command}: error: {one_line(exc.filename)}: {exc.strerror or exc}",
+            file=sys.stderr,
+        )
         return 2
     return 0
 

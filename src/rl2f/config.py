@@ -7,12 +7,16 @@ running with a default.
 
 from __future__ import annotations
 
+import copy
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from rl2f.errors import decode_utf8, one_line
 
 PROFILE_ENV = "RL2F_PROFILE"
 PROFILES_DIR = "profiles"
@@ -559,16 +563,29 @@ class Config(Strict):
 
 
 # ---------------------------------------------------------------- loading
+# Profile names become file names under profiles/: no separators, no leading dot, so
+# ``--profile ../../x`` cannot read a file outside profiles/.
+PROFILE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """``train.steps=10`` -> (["train", "steps"], 10). Values are parsed as YAML scalars/lists."""
     key, sep, raw = text.partition("=")
+    shown = one_line(repr(text))
     if not sep or not key.strip():
-        raise ConfigError(f"override {text!r}: expected KEY.PATH=VALUE")
+        raise ConfigError(f"override {shown}: expected KEY.PATH=VALUE")
+    path = key.strip().split(".")
+    if any(not part for part in path):
+        raise ConfigError(f"override {shown}: empty key in KEY.PATH")
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as exc:
-        raise ConfigError(f"override {text!r}: value is not valid YAML ({exc.problem})") from None
-    return key.strip().split("."), value
+        # ReaderError (a control character) has no .problem, only a reason.
+        problem = getattr(exc, "problem", None) or getattr(exc, "reason", None) or "bad YAML"
+        raise ConfigError(f"override {shown}: value is not valid YAML ({problem})") from None
+    except RecursionError:
+        raise ConfigError(f"override {shown}: value is nested too deeply") from None
+    return path, value
 
 
 def apply_override(tree: dict[str, Any], path: list[str], value: Any) -> None:
@@ -603,26 +620,76 @@ def deep_merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
 
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
-        tree = yaml.safe_load(path.read_text()) or {}
+        data = path.read_bytes()
     except FileNotFoundError:
         raise ConfigError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory, not a YAML file") from None
+    except OSError as exc:  # permissions, a broken link, an unreadable device
+        raise ConfigError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    # Strict UTF-8: YAML would otherwise guess an encoding from the first bytes.
+    text = decode_utf8(data, str(path), ConfigError)
+    try:
+        tree = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
+        if mark is not None:
+            where = f" line {mark.line + 1}"
+        elif isinstance(exc, yaml.reader.ReaderError):  # a control character YAML forbids
+            where = f" line {text[: exc.position].count(chr(10)) + 1}"
+        else:
+            where = ""
         raise ConfigError(f"{path}{where}: not valid YAML") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply") from None
     if not isinstance(tree, dict):
         raise ConfigError(f"{path}: top level must be a mapping")
     return tree
 
 
-def _describe(error: ValidationError, source: str) -> str:
+def _error_keys(tree: Any) -> set[tuple[tuple[Any, ...], str]]:
+    try:
+        Config.model_validate(tree)
+    except ValidationError as exc:
+        return {(tuple(e["loc"]), e["type"]) for e in exc.errors()}
+    return set()
+
+
+def _blame(key: tuple[tuple[Any, ...], str], stages: list[tuple[str, Any]]) -> str:
+    """The layer (params file, profile, override) that introduced an error: the first of the
+    trailing layers after each of which the merged tree has it. Replaying the merge is exact
+    where guessing from paths is not (a profile's list replaces the params' list whole)."""
+    culprit = len(stages) - 1
+    for k in range(len(stages) - 2, -1, -1):
+        if key not in _error_keys(stages[k][1]):
+            break
+        culprit = k
+    return stages[culprit][0]
+
+
+def _describe(error: ValidationError, stages: list[tuple[str, Any]]) -> str:
     first = error.errors()[0]
-    path = ".".join(str(p) for p in first["loc"]) or "<root>"
+    loc = tuple(first["loc"])
+    source = _blame((loc, first["type"]), stages)
+    path = one_line(".".join(str(p) for p in loc) or "<root>")
     if first["type"] == "extra_forbidden":
         return f"{source}: unknown key {path!r}"
     got = first.get("input")
-    got_text = "" if isinstance(got, dict | list) else f" (got {got!r})"
+    got_text = "" if isinstance(got, dict | list) else f" (got {one_line(repr(got), 80)})"
     return f"{source}: {path}: {first['msg']}{got_text}"
+
+
+def _profile_path(params_path: Path, profile: str) -> Path:
+    if not PROFILE_NAME.fullmatch(profile):
+        raise ConfigError(
+            f"profile {one_line(repr(profile))}: not a profile name (profiles/<name>.yaml)"
+        )
+    overlay = params_path.parent / PROFILES_DIR / f"{profile}.yaml"
+    if not overlay.is_file():
+        found = sorted(p.stem for p in overlay.parent.glob("*.yaml"))
+        known = f" (profiles: {', '.join(found)})" if found else ""
+        raise ConfigError(f"profile {profile!r}: {overlay} not found{known}")
+    return overlay
 
 
 def load_config(
@@ -630,18 +697,30 @@ def load_config(
     overrides: list[str] | None = None,
     profile: str | None = None,
 ) -> Config:
-    """Load params, then the profile overlay (``profiles/<name>.yaml``), then ``-S`` overrides."""
+    """Load params, then the profile overlay (``profiles/<name>.yaml``), then ``-S`` overrides.
+
+    Every failure is a one-line :class:`ConfigError` naming the file (or override) and key."""
     params_path = Path(params)
-    tree = _read_yaml(params_path)
-    profile = profile or os.environ.get(PROFILE_ENV) or None
-    if profile:
-        overlay = params_path.parent / PROFILES_DIR / f"{profile}.yaml"
-        if not overlay.exists():
-            raise ConfigError(f"profile {profile!r}: {overlay} not found")
-        tree = deep_merge(tree, _read_yaml(overlay))
-    for text in overrides or []:
-        apply_override(tree, *parse_override(text))
+    if "\x00" in str(params_path):  # the OS refuses such a path with a ValueError
+        raise ConfigError(f"{one_line(repr(str(params_path)))}: not a valid file name")
     try:
+        # The merged tree after each layer, kept to name the layer an error comes from.
+        current = one_line(params_path)
+        tree = _read_yaml(params_path)
+        stages: list[tuple[str, Any]] = [(current, tree)]
+        profile = profile or os.environ.get(PROFILE_ENV) or None
+        if profile:
+            overlay = _profile_path(params_path, profile)
+            current = one_line(overlay)
+            tree = deep_merge(copy.deepcopy(tree), _read_yaml(overlay))
+            stages.append((current, tree))
+        for text in overrides or []:
+            current = f"override {one_line(repr(text))}"
+            tree = copy.deepcopy(tree)
+            apply_override(tree, *parse_override(text))
+            stages.append((current, tree))
         return Config.model_validate(tree)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, str(params_path))) from None
+        raise ConfigError(_describe(exc, stages)) from None
+    except RecursionError:  # a YAML alias that refers to itself (a: &x [*x])
+        raise ConfigError(f"{current}: nested too deeply (a self-referencing alias?)") from None

@@ -3,6 +3,7 @@ stage never leaves a half-written Parquet file that a later stage would trust.""
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Iterable
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from rl2f.errors import DataError
+from rl2f.errors import DataError, one_line
 from rl2f.tasks.schema import COLUMNS, Task
 
 
@@ -57,22 +58,57 @@ def read_task_frame(path: str | os.PathLike[str]) -> pd.DataFrame:
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: task file not found (run `rl2f prepare` first)")
+    if not path.is_file():  # pandas would read a directory as a partitioned dataset
+        raise DataError(f"{path}: not a regular file")
     try:
         frame = pd.read_parquet(path)
     except Exception as exc:  # pyarrow raises several types for a corrupt file
-        raise DataError(f"{path}: not a readable Parquet file ({exc})") from None
+        raise DataError(f"{path}: not a readable Parquet file ({one_line(exc)})") from None
     missing = [c for c in COLUMNS if c not in frame.columns]
     if missing:
         raise DataError(f"{path}: missing column(s) {', '.join(missing)}")
     return frame
 
 
+# Columns every task must have as text; solution may be missing, the JSON columns are objects.
+TEXT_COLUMNS = ("id", "domain", "source", "split", "prompt", "answer", "verifier")
+JSON_COLUMNS = ("verifier_config", "metadata")
+
+
+def check_task_row(row: dict, where: str) -> None:
+    """Catch a wrongly typed cell before ``Task.from_row`` turns it into the text ``None`` or
+    a list where the rest of the pipeline expects a mapping."""
+    for column in TEXT_COLUMNS:
+        value = row[column]
+        if not isinstance(value, str) or not value:
+            raise DataError(
+                f"{where}: column {column!r} must be non-empty text (got {value!r:.40})"
+            )
+    for column in JSON_COLUMNS:
+        value = row[column]
+        if value is None or isinstance(value, dict):
+            continue
+        if not isinstance(value, str):  # e.g. a list column, read back as an array
+            raise DataError(f"{where}: column {column!r} must be a JSON object")
+        if not value:
+            continue
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{where}: column {column!r} is not valid JSON ({exc.msg})") from None
+        except RecursionError:
+            raise DataError(f"{where}: column {column!r} is nested too deeply") from None
+        if not isinstance(parsed, dict):
+            raise DataError(f"{where}: column {column!r} must be a JSON object")
+
+
 def read_tasks(path: str | os.PathLike[str]) -> list[Task]:
     frame = read_task_frame(path)
     tasks = []
     for index, row in enumerate(frame.to_dict(orient="records")):
+        check_task_row(row, f"{path}: row {index}")
         try:
             tasks.append(Task.from_row(row))
         except (KeyError, ValueError, TypeError) as exc:
-            raise DataError(f"{path}: row {index}: {exc}") from None
+            raise DataError(f"{path}: row {index}: {one_line(exc)}") from None
     return tasks

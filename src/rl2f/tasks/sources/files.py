@@ -7,17 +7,18 @@ shared with the Hugging Face source, which yields the same kind of rows.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
-import math
 from collections.abc import Callable, Collection, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from pyarrow import ArrowException
 
 from rl2f.config import SourceConfig
-from rl2f.errors import DataError, UserError
+from rl2f.errors import DataError, UserError, decode_utf8, one_line
 from rl2f.tasks.schema import DOMAINS, Task
 from rl2f.tasks.sources import subset_indices
 
@@ -64,17 +65,49 @@ def check_mapped_columns(
 
 
 def cell_text(value: Any) -> str | None:
-    """A cell as text, or None when it is missing (None, NaN, pandas NA) or blank."""
-    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
+    """A cell as text, or None when it is missing (None, NaN of any float type, pandas NA) or
+    blank."""
+    if value is None or (pd.api.types.is_scalar(value) and pd.isna(value)):
         return None
     text = str(value).strip()
     return text or None
+
+
+def cell_value(value: Any, where: str, row: int, field: str) -> Any:
+    """Undo what a file format does to text: binary columns hold bytes, which must be UTF-8
+    (``str(b"x")`` would quietly become the text ``b'x'``)."""
+    if isinstance(value, bytes | bytearray):
+        try:
+            return bytes(value).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise DataError(
+                f"{where}: row {row}: field {field!r} is not UTF-8 text "
+                f"(byte 0x{value[exc.start]:02x} at offset {exc.start})"
+            ) from None
+    return value
+
+
+def check_unicode(text: str, where: str, row: int, field: str) -> str:
+    """Reject lone surrogates (JSON allows ``"\\ud800"``): they cannot be hashed into an id
+    or written to Parquet, and would fail far from the row that holds them."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise DataError(
+            f"{where}: row {row}: field {field!r} is not valid Unicode "
+            f"(unpaired surrogate at character {exc.start})"
+        ) from None
+    return text
 
 
 def cell_object(value: Any, where: str, row: int, field: str) -> dict[str, Any]:
     """A JSON object cell: a mapping as is, or a string holding a JSON object."""
     if isinstance(value, Mapping):
         return dict(value)
+    value = cell_value(value, where, row, field)
+    if value is not None and not isinstance(value, str) and not pd.api.types.is_scalar(value):
+        # A list or array cell: describe it, not the JSON error of its string form.
+        raise DataError(f"{where}: row {row}: field {field!r} must be a JSON object")
     text = cell_text(value)
     if text is None:
         return {}
@@ -84,6 +117,8 @@ def cell_object(value: Any, where: str, row: int, field: str) -> dict[str, Any]:
         raise DataError(
             f"{where}: row {row}: field {field!r} is not valid JSON ({exc.msg})"
         ) from None
+    except RecursionError:
+        raise DataError(f"{where}: row {row}: field {field!r} is nested too deeply") from None
     if not isinstance(parsed, dict):
         raise DataError(f"{where}: row {row}: field {field!r} must be a JSON object")
     return parsed
@@ -98,7 +133,13 @@ def record_to_task(
     label: str,
 ) -> Task:
     def text(field: str) -> str | None:
-        return cell_text(record.get(mapping[field]))
+        value = cell_value(record.get(mapping[field]), where, row_number, field)
+        if isinstance(value, Mapping | list | tuple | set) or not pd.api.types.is_scalar(value):
+            # A nested value would silently become its Python repr as the prompt or answer.
+            kind = type(value).__name__
+            raise DataError(f"{where}: row {row_number}: field {field!r} must be text (got {kind})")
+        found = cell_text(value)
+        return None if found is None else check_unicode(found, where, row_number, field)
 
     def json_object(field: str) -> dict[str, Any]:
         return cell_object(record.get(mapping[field]), where, row_number, field)
@@ -145,14 +186,26 @@ def records_to_tasks(
 def read_jsonl(path: Path) -> tuple[list[Row], list[str]]:
     rows: list[Row] = []
     seen: dict[str, None] = {}
-    with path.open(encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
+    # Bytes, decoded line by line, so a bad byte is reported with its row.
+    with path.open("rb") as handle:
+        for line_number, raw in enumerate(handle, start=1):
+            if line_number == 1:
+                raw = raw.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 BOM some editors write
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataError(
+                    f"{path}: row {line_number}: not UTF-8 text "
+                    f"(byte 0x{raw[exc.start]:02x} at column {exc.start + 1})"
+                ) from None
             if not line.strip():
                 continue
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise DataError(f"{path}: row {line_number}: not valid JSON ({exc.msg})") from None
+            except RecursionError:
+                raise DataError(f"{path}: row {line_number}: JSON nested too deeply") from None
             if not isinstance(record, dict):
                 raise DataError(f"{path}: row {line_number}: expected a JSON object")
             seen.update(dict.fromkeys(record))
@@ -166,8 +219,9 @@ def frame_rows(frame: pd.DataFrame) -> tuple[list[Row], list[str]]:
 
 
 def read_csv(path: Path) -> tuple[list[Row], list[str]]:
+    text = decode_utf8(path.read_bytes(), str(path))
     # Everything as text: an answer "007" or "1e3" must not become a number.
-    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
     return frame_rows(frame)
 
 
@@ -192,14 +246,18 @@ def read_rows(path: Path) -> tuple[list[Row], list[str]]:
             f"{path}: unsupported file type {path.suffix or '(none)'!r} "
             f"(supported: {', '.join(READERS)})"
         )
-    if not path.is_file():
+    if not path.exists():
         raise DataError(f"{path}: file not found")
+    if not path.is_file():
+        raise DataError(f"{path}: not a regular file")
     try:
         return reader(path)
     except DataError:
         raise
-    except (OSError, ValueError) as exc:  # pandas/pyarrow parse errors, bad encodings
-        raise DataError(f"{path}: cannot read as {path.suffix[1:]} ({exc})") from None
+    # pandas/pyarrow parse errors, bad encodings; Arrow also raises its own NotImplementedError
+    # and TypeError subclasses for unsupported or inconsistent column types.
+    except (OSError, ValueError, ArrowException, RecursionError) as exc:
+        raise DataError(f"{path}: cannot read as {path.suffix[1:]} ({one_line(exc)})") from None
 
 
 def load(source: SourceConfig) -> list[Task]:
