@@ -58,3 +58,15 @@ def test_seeds_command_writes_the_summary_and_names_a_missing_run(
     assert json.loads((tmp_path / "seeds.json").read_text())["runs"] == [str(run)]
     assert main(["seeds", str(run), str(tmp_path / "9"), "--out", str(tmp_path)]) == 2
     assert "9/metrics.json: not found" in capsys.readouterr().err
+
+
+def test_a_corrupt_metrics_file_is_one_line_naming_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    run = _run(tmp_path / "0", 0.3, 0.6, 0.05)
+    metrics = next(run.rglob("metrics.json"))
+    metrics.write_bytes(b'{"base": \xe9}')
+    assert main(["seeds", str(run), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].endswith("metrics.json: not UTF-8 text (byte 0xe9)")
+    assert "Traceback" not in "\n".join(err)
