@@ -14,7 +14,7 @@ import yaml
 from kfp import dsl
 
 from components import stages as c
-from pipelines.placement import CPU_STEP, GPU_STEP, place
+from pipelines.placement import CONFIG_STEP, CPU_STEP, GPU_STEP, place
 
 REPO = Path(__file__).resolve().parents[1]
 # The ablation that separates critique learning from plain fine-tuning on the policy's own
@@ -64,7 +64,7 @@ def rl2f_pipeline(
             eval_max_tasks=eval_max_tasks,
             extra_overrides=extra_overrides,
         ),
-        CPU_STEP,
+        CONFIG_STEP,
     ).set_display_name("params")
     params = config.output
     parent = place(
@@ -72,9 +72,12 @@ def rl2f_pipeline(
         CPU_STEP,
         cache=False,  # a new pipeline run gets a new parent run
     ).set_display_name("mlflow parent run")
-    common = {"params_yaml": params, "overrides": [], "parent_run_id": parent.output}
+    # No per-run value (such as the parent run's id) among the stages' inputs: those make up the
+    # cache key. Stages find the parent by the run id their pods carry; `.after` only orders
+    # them after it, so parallel stages never race to create it.
+    common = {"params_yaml": params, "overrides": []}
 
-    prepared = place(c.prepare(**common), CPU_STEP)
+    prepared = place(c.prepare(**common), CPU_STEP).after(parent)
     validated = place(c.validate(**common, tasks=prepared.outputs["tasks"]), CPU_STEP)
     base = place(c.bootstrap(**common, tasks=prepared.outputs["tasks"]), GPU_STEP).after(validated)
 

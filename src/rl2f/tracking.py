@@ -1,10 +1,11 @@
 """MLflow conventions: one parent run per pipeline run, one child run per stage.
 
 Stages run as separate processes (DVC) or separate pods (Kubeflow), so the parent cannot be an
-active run shared in memory. Kubeflow passes the parent run id between tasks as a string
-(``RL2F_PARENT_RUN_ID``); DVC has no such channel, so the parent is found again by a key tag:
-the Kubeflow run id, the DVC experiment name, or a hash of the git commit and params.yaml — the
-stages of one ``dvc repro`` share the commit and params, so they land under one parent.
+active run shared in memory. The parent is found again by a key tag: the Kubeflow run id (each
+pod reads it from its ``pipeline/runid`` label as ``KFP_RUN_ID``; passing the parent's id as a
+task input instead would defeat Kubeflow's cache), the DVC experiment name, or a hash of the git
+commit and params.yaml — the stages of one ``dvc repro`` share the commit and params, so they
+land under one parent. ``RL2F_PARENT_RUN_ID`` names a parent outright.
 """
 
 from __future__ import annotations
