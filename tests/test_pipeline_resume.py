@@ -59,10 +59,11 @@ def _train_step_script(params: Path, inputs: dict[str, str], output: str) -> lis
     return [sys.executable, "-c", code, str(params), json.dumps(inputs), output]
 
 
-def _kill_pod_after_first_checkpoint(command: list[str], env: dict, checkpoints: Path) -> None:
+def _kill_pod_after_first_checkpoint(
+    command: list[str], env: dict, checkpoints: Path, log: Path
+) -> None:
     """SIGKILL the step and the stage process it started, as a node failure or an OOM kill
     takes down the whole pod, once the first complete checkpoint is on durable storage."""
-    log = checkpoints.parent.parent / "attempt1.log"
     with log.open("w") as out:
         process = subprocess.Popen(
             command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
@@ -101,7 +102,7 @@ def test_retried_training_step_resumes_from_durable_checkpoints(
 
     output = tmp_path / "artifacts" / "model"
     command = _train_step_script(params, inputs, str(output))
-    _kill_pod_after_first_checkpoint(command, env, checkpoints)
+    _kill_pod_after_first_checkpoint(command, env, checkpoints, tmp_path / "attempt1.log")
     assert not output.exists(), "the step finished before it could be interrupted"
     left = {p.name for p in checkpoints.glob("checkpoint-*")}
 
