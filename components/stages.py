@@ -2,9 +2,9 @@
 
 Each runs in one of the project's images, chosen at compile time (``RL2F_IMAGE``, CUDA and vLLM,
 for the steps that load models; ``RL2F_CPU_IMAGE``, slim, for the rest), installs nothing, and
-makes one call into :func:`rl2f.pipeline_io.run_stage`, which maps its typed artifacts onto the stage's
-usual paths. The typed inputs and outputs (Dataset, Model, Metrics, HTML, Markdown) are what the
-Kubeflow UI shows as lineage, metrics and the report.
+makes one call into :func:`rl2f.pipeline_io.run_stage`, which maps its typed artifacts onto the
+stage's usual paths. The typed inputs and outputs (Dataset, Model, Metrics, HTML, Markdown) are
+what the Kubeflow UI shows as lineage, metrics and the report.
 """
 
 import os
@@ -62,6 +62,15 @@ def start_tracking(params_yaml: str, run_key: str) -> str:
     from rl2f.pipeline_io import open_parent_run
 
     return open_parent_run(params_yaml, run_key)
+
+
+@cpu_component
+def finish_tracking(params_yaml: str, run_key: str, status: dsl.PipelineTaskFinalStatus) -> str:
+    """The pipeline's exit handler: gives the parent MLflow run the pipeline's outcome
+    (FINISHED, FAILED or KILLED), so a failed Kubeflow run is not a finished one in MLflow."""
+    from rl2f.pipeline_io import close_parent_run
+
+    return close_parent_run(params_yaml, run_key, status.state)
 
 
 @cpu_component
@@ -190,9 +199,7 @@ def evaluate(
     """Evaluates ONE model; the pipeline fans this out over the models and ``report`` merges."""
     from rl2f.pipeline_io import evaluate_one_model, publish_metrics
 
-    evaluate_one_model(
-        model_name, params_yaml, overrides, tasks.path, model.path, results.path
-    )
+    evaluate_one_model(model_name, params_yaml, overrides, tasks.path, model.path, results.path)
     publish_metrics(metrics, source=f"{results.path}/reports/metrics.json", model=model_name)
 
 

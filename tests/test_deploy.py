@@ -137,7 +137,9 @@ def test_every_pod_runs_as_non_root(k8s_base: Path) -> None:
 
 
 def test_model_cache_claim_works_without_rwx(k8s_base: Path) -> None:
-    claims = {o["metadata"]["name"]: o for o in render(k8s_base) if o["kind"] == "PersistentVolumeClaim"}
+    claims = {
+        o["metadata"]["name"]: o for o in render(k8s_base) if o["kind"] == "PersistentVolumeClaim"
+    }
     assert claims["rl2f-model-cache"]["spec"]["accessModes"] == ["ReadWriteOnce"]
     # Pipeline steps use HF_HOME=/cache/huggingface on the claim; the teacher shares that folder.
     teacher = _pod_specs(render(k8s_base))["rl2f-teacher"]["containers"][0]
@@ -194,8 +196,10 @@ def test_dockerfile_installs_only_locked_packages_without_dev_tools() -> None:
         for install in installs:
             words = install.replace("\\\n", " ").split()
             packages = [
-                w for i, w in enumerate(words) if not w.startswith("-") and words[i - 1] not in
-                ("-r", "--extra-index-url", "--index-url", "-c")
+                w
+                for i, w in enumerate(words)
+                if not w.startswith("-")
+                and words[i - 1] not in ("-r", "--extra-index-url", "--index-url", "-c")
             ]
             # Only `-r <lock>` and the project itself (`--no-deps .`): nothing unpinned.
             assert packages in ([], ["."]), f"stage {name}: pip install {install}"
@@ -222,7 +226,9 @@ def test_image_locks_agree_with_the_project_lock() -> None:
     assert re.fullmatch(r"\d+\.\d+\.\d+", main["torch"]), main["torch"]
     assert cpu["torch"] == gpu["torch"] == main["torch"]
     # The CPU image is the tested environment minus the dev tools.
-    assert cpu.items() <= main.items(), {k: (v, main.get(k)) for k, v in cpu.items() if main.get(k) != v}
+    assert cpu.items() <= main.items(), {
+        k: (v, main.get(k)) for k, v in cpu.items() if main.get(k) != v
+    }
     assert not DEV_ONLY & set(cpu) and not DEV_ONLY & set(gpu)
     # vLLM is pinned in the GPU lock and in the extra, to the same release.
     extra = re.search(r'^vllm = \["vllm==([^"]+)"\]', (REPO / "pyproject.toml").read_text(), re.M)

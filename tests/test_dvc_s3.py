@@ -19,7 +19,9 @@ BUCKET = "rl2f-dvc"
 
 def _run(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
     result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, f"{' '.join(args)}\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
+    assert result.returncode == 0, (
+        f"{' '.join(args)}\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
+    )
     return result
 
 
@@ -57,20 +59,26 @@ def test_dvc_push_and_pull_through_an_s3_remote(tmp_path: Path, s3_endpoint: str
         "AWS_SECRET_ACCESS_KEY": "rl2f-test-secret",
         "AWS_DEFAULT_REGION": "us-east-1",
     }
-    boto3.client("s3", endpoint_url=s3_endpoint, **{
-        "aws_access_key_id": credentials["AWS_ACCESS_KEY_ID"],
-        "aws_secret_access_key": credentials["AWS_SECRET_ACCESS_KEY"],
-        "region_name": "us-east-1",
-    }).create_bucket(Bucket=BUCKET)
-    env = {
-        k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "DVC_"))
-    } | credentials | {
-        "PATH": f"{BIN}:{os.environ['PATH']}",
-        "GIT_AUTHOR_NAME": "t",
-        "GIT_AUTHOR_EMAIL": "t@t",
-        "GIT_COMMITTER_NAME": "t",
-        "GIT_COMMITTER_EMAIL": "t@t",
-    }
+    boto3.client(
+        "s3",
+        endpoint_url=s3_endpoint,
+        **{
+            "aws_access_key_id": credentials["AWS_ACCESS_KEY_ID"],
+            "aws_secret_access_key": credentials["AWS_SECRET_ACCESS_KEY"],
+            "region_name": "us-east-1",
+        },
+    ).create_bucket(Bucket=BUCKET)
+    env = (
+        {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "DVC_"))}
+        | credentials
+        | {
+            "PATH": f"{BIN}:{os.environ['PATH']}",
+            "GIT_AUTHOR_NAME": "t",
+            "GIT_AUTHOR_EMAIL": "t@t",
+            "GIT_COMMITTER_NAME": "t",
+            "GIT_COMMITTER_EMAIL": "t@t",
+        }
+    )
     dvc = str(BIN / "dvc")
     origin = tmp_path / "origin"
     origin.mkdir()
@@ -100,4 +108,6 @@ def test_dvc_push_and_pull_through_an_s3_remote(tmp_path: Path, s3_endpoint: str
     _run("git", "clone", "-q", str(origin), str(clone), cwd=tmp_path, env=env)
     shutil.rmtree(origin / ".dvc" / "cache", ignore_errors=True)  # nothing local to fall back on
     _run(dvc, "pull", cwd=clone, env=env)
-    assert (clone / "data" / "tasks" / "train.jsonl").read_text() == '{"id": "t1", "prompt": "1 + 1"}\n'
+    assert (
+        clone / "data" / "tasks" / "train.jsonl"
+    ).read_text() == '{"id": "t1", "prompt": "1 + 1"}\n'

@@ -54,7 +54,11 @@ def test_compiled_pipeline_parses_into_kfp_protos() -> None:
     pipeline, platform = yaml.safe_load_all(COMPILED.read_text())
     spec = json_format.ParseDict(pipeline, pipeline_spec_pb2.PipelineSpec())  # rejects unknown keys
     json_format.ParseDict(platform, pipeline_spec_pb2.PlatformSpec())
-    tasks = spec.root.dag.tasks
+    # Every stage runs inside the exit handler, whose exit task records the outcome in MLflow.
+    assert set(spec.root.dag.tasks) == {"exit-handler-1", "finish-tracking"}
+    finish = spec.root.dag.tasks["finish-tracking"]
+    assert finish.inputs.parameters["status"].task_final_status.producer_task == "exit-handler-1"
+    tasks = spec.components["comp-exit-handler-1"].dag.tasks
     for stage in ("prepare", "validate", "bootstrap", "rollout", "distill", "report"):
         assert stage in tasks
     evaluations = [name for name in tasks if name.startswith("evaluate")]
@@ -85,34 +89,44 @@ def test_compiled_pipeline_parses_into_kfp_protos() -> None:
     assert tasks["train"].retry_policy.max_retry_count > 0
 
 
-def _root_tasks() -> dict:
+def _container_tasks() -> dict:
+    """Every task that runs a container, from the root DAG and the exit handler's sub-DAG."""
     pipeline, _ = yaml.safe_load_all(COMPILED.read_text())
-    return pipeline["root"]["dag"]["tasks"]
+    dags = [pipeline["root"]["dag"]] + [
+        c["dag"] for c in pipeline["components"].values() if "dag" in c
+    ]
+    return {
+        name: task
+        for dag in dags
+        for name, task in dag["tasks"].items()
+        if "dag" not in pipeline["components"][task["componentRef"]["name"]]
+    }
 
 
 def test_cached_tasks_take_no_per_run_inputs() -> None:
     """A task's inputs make up its cache key: a value that changes every run among them (the
     run id, the parent MLflow run's id from the uncached start_tracking) means the cache never
     hits. Only start_tracking is uncached, and nothing cached reads a per-run value."""
-    tasks = _root_tasks()
+    tasks = _container_tasks()
     uncached = {n for n, t in tasks.items() if not t.get("cachingOptions", {}).get("enableCache")}
-    assert uncached == {"start-tracking"}
+    assert uncached == {"start-tracking", "finish-tracking"}
     for name, task in tasks.items():
         if name in uncached:
             continue
         inputs = task.get("inputs", {})
         for key, value in {**inputs.get("parameters", {}), **inputs.get("artifacts", {})}.items():
-            producer = (
-                value.get("taskOutputParameter", {}).get("producerTask")
-                or value.get("taskOutputArtifact", {}).get("producerTask")
-            )
+            producer = value.get("taskOutputParameter", {}).get("producerTask") or value.get(
+                "taskOutputArtifact", {}
+            ).get("producerTask")
             assert producer not in uncached, f"{name}.{key} reads {producer}'s per-run output"
             assert "{{$" not in json.dumps(value), f"{name}.{key} is a runtime placeholder"
     # The stages still start after the parent run exists (ordering only, not an input).
     assert "start-tracking" in tasks["prepare"]["dependentTasks"]
     # ... and find it by the run id their pods carry.
     _, platform = yaml.safe_load_all(COMPILED.read_text())
-    for name, executor in platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"].items():
+    for name, executor in platform["platforms"]["kubernetes"]["deploymentSpec"][
+        "executors"
+    ].items():
         fields = {f["name"]: f["fieldPath"] for f in executor.get("fieldPathAsEnv", [])}
         assert fields.get("KFP_RUN_ID") == "metadata.labels['pipeline/runid']", name
 
@@ -136,6 +150,7 @@ def test_compiled_pipeline_runs_under_kfp_local(tmp_path: Path) -> None:
             target.write_text(source.read_text())
     (tmp_path / "pipelines").mkdir()
     (tmp_path / "pipelines" / "rl2f.yaml").write_text(COMPILED.read_text())
+
     def run_local() -> subprocess.CompletedProcess:
         result = _rl2f(
             "pipeline",
@@ -156,7 +171,8 @@ def test_compiled_pipeline_runs_under_kfp_local(tmp_path: Path) -> None:
     # from run to run); only start_tracking runs, opening the second run's parent.
     again = run_local()
     hits = set(re.findall(r"Task (\S+) cache hit", again.stderr))
-    assert hits == set(_root_tasks()) - {"start-tracking"}, again.stderr[-3000:]
+    uncached = {"start-tracking", "finish-tracking"}
+    assert hits == set(_container_tasks()) - uncached, again.stderr[-3000:]
     root = tmp_path / "kfp-root"
     reports = list(root.rglob("html"))
     assert reports and reports[0].stat().st_size > 1000
@@ -173,6 +189,10 @@ def test_compiled_pipeline_runs_under_kfp_local(tmp_path: Path) -> None:
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     parents = [r for r in runs if r.data.tags.get("rl2f.role") == "parent"]
     assert len(parents) == 2  # one per pipeline run
+    # The exit handler gave each its pipeline's outcome.
+    assert {(r.info.status, r.data.tags.get("kfp.state")) for r in parents} == {
+        ("FINISHED", "SUCCEEDED")
+    }
     first = min(parents, key=lambda r: r.info.start_time)
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == first.info.run_id]
     stages = {r.data.tags.get("rl2f.stage") for r in children}

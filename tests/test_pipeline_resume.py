@@ -115,7 +115,9 @@ def test_retried_training_step_resumes_from_durable_checkpoints(
     assert not workspace.exists()  # cleaned up once the output artifact is written
 
 
-def test_other_inputs_get_another_workspace(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_other_inputs_get_another_workspace(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     monkeypatch.setenv(WORK_ROOT_ENV, str(tmp_path))
     inputs = {"data/tasks": "/artifacts/run1/prepare/tasks"}
     one = durable_workspace("train_rl2f", "a: 1\n", [], inputs)
@@ -129,7 +131,9 @@ def test_other_inputs_get_another_workspace(monkeypatch: pytest.MonkeyPatch, tmp
     assert durable_workspace("train_rl2f", "a: 1\n", [], inputs) is None
 
 
-def test_config_error_fails_before_any_work(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_config_error_fails_before_any_work(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     monkeypatch.setenv(WORK_ROOT_ENV, str(tmp_path / "work"))
     params_text = (REPO_ROOT / "params.yaml").read_text()
     with pytest.raises((ConfigError, UserError), match="no_such_field"):

@@ -85,3 +85,32 @@ def test_server_with_s3_artifact_store(isolated_env: Path, monkeypatch: pytest.M
             assert client.get_run(run_id).data.tags["mlflow.parentRunId"]
             stored = list((isolated_env / "s3" / "mlflow").rglob("report.md"))
             assert len(stored) == 1 and stored[0].read_text() == "# report\n"
+
+
+def test_exit_handler_gives_the_parent_run_the_pipeline_outcome(
+    isolated_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """start_tracking opens the parent by the Kubeflow run id; a stage in another pod finds the
+    same parent by the id its pod carries; the exit handler closes it with the outcome."""
+    import yaml
+    from mlflow.tracking import MlflowClient
+
+    from rl2f.pipeline_io import close_parent_run, open_parent_run
+    from rl2f.tracking import KFP_RUN_ENV
+
+    uri = f"sqlite:///{isolated_env}/m.db"
+    monkeypatch.delenv(PIPELINE_KEY_ENV)
+    monkeypatch.delenv(KFP_RUN_ENV, raising=False)
+    cfg = load_config(REPO / "params.yaml", [f"tracking.tracking_uri={uri}"])
+    params = yaml.safe_dump(cfg.model_dump(mode="json"))
+    parent = open_parent_run(params, "run-1")
+    monkeypatch.setenv(KFP_RUN_ENV, "run-1")  # what the stage's pod reads from its label
+    with stage_run(cfg, "prepare") as run:
+        child = run.active_run().info.run_id
+    client = MlflowClient(uri)
+    assert client.get_run(child).data.tags["mlflow.parentRunId"] == parent
+    assert close_parent_run(params, "run-1", "FAILED") == "FAILED"
+    closed = client.get_run(parent)
+    assert closed.info.status == "FAILED" and closed.data.tags["kfp.state"] == "FAILED"
+    # A run whose params never validated has no parent: the exit handler reports and succeeds.
+    assert close_parent_run("train: {steps: oops}\n", "run-2", "FAILED") == ""

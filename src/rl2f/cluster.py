@@ -2,8 +2,9 @@
 
 Rendering covers the kustomize features the base uses (resources, namespace, labels, a
 secretGenerator over env files) so no kubectl binary is needed; a test checks the result against
-``kubectl kustomize`` where it is installed. Objects are applied server-side with the kubernetes client's dynamic API, which is
-idempotent: rerunning ``apply`` updates what changed and leaves the rest.
+``kubectl kustomize`` where it is installed. Objects are applied server-side with the kubernetes
+client's dynamic API, which is idempotent: rerunning ``apply`` updates what changed and leaves
+the rest.
 """
 
 from __future__ import annotations

@@ -24,7 +24,6 @@ from pathlib import Path
 
 from rl2f.errors import UserError
 
-
 log = logging.getLogger(__name__)
 
 # Stages that train and should use every GPU the task was given.
@@ -181,6 +180,34 @@ def open_parent_run(params_yaml: str, run_key: str) -> str:
     if not os.environ.get(KFP_RUN_ENV):
         os.environ[KFP_RUN_ENV] = run_key
     return find_or_create_parent(cfg, pipeline_key())
+
+
+# Kubeflow's final pipeline states -> MLflow run statuses.
+KFP_STATE_TO_MLFLOW = {"SUCCEEDED": "FINISHED", "FAILED": "FAILED", "CANCELED": "KILLED"}
+
+
+def close_parent_run(params_yaml: str, run_key: str, state: str) -> str:
+    """Set the parent MLflow run's status from the pipeline's final ``state``; returns the
+    status set ('' when tracking is off or the params never validated: then no parent exists)."""
+    from mlflow.tracking import MlflowClient
+
+    from rl2f.tracking import KFP_RUN_ENV, find_or_create_parent, pipeline_key, tracking_uri
+
+    try:
+        cfg = _load_params_text(params_yaml, None)
+    except Exception as exc:  # noqa: BLE001  (the pipeline already failed on it; report, go on)
+        log.warning("params do not validate (%s): no parent run to close", exc)
+        return ""
+    if not cfg.tracking.enabled:
+        return ""
+    if not os.environ.get(KFP_RUN_ENV):
+        os.environ[KFP_RUN_ENV] = run_key
+    parent = find_or_create_parent(cfg, pipeline_key())
+    status = KFP_STATE_TO_MLFLOW.get(state.upper().replace("CANCELLED", "CANCELED"), "FAILED")
+    client = MlflowClient(tracking_uri(cfg.tracking))
+    client.set_tag(parent, "kfp.state", state)
+    client.set_terminated(parent, status)
+    return status
 
 
 def publish_metrics(artifact, source: str | None = None, model: str | None = None) -> None:  # noqa: ANN001
