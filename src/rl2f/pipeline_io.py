@@ -347,6 +347,11 @@ def merge_and_report(
                 comparisons_path: comparisons_json,
             },
         )
+    cfg = _load_params_text(params_yaml, overrides)
+    if cfg.tracking.enabled:
+        from rl2f.tracking import promote_champion
+
+        promote_champion(cfg, json.loads(Path(metrics_json).read_text()))
 
 
 def compose_params_yaml(
