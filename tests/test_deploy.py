@@ -126,7 +126,7 @@ def _pod_specs(objects: list[dict]) -> dict[str, dict]:
 
 def test_every_pod_runs_as_non_root(k8s_base: Path) -> None:
     pods = _pod_specs(render(k8s_base))
-    assert set(pods) == {"rl2f-mlflow", "rl2f-postgres", "rl2f-teacher"}
+    assert set(pods) == {"rl2f-mlflow", "rl2f-postgres", "rl2f-teacher", "rl2f-cache-init"}
     for name, pod in pods.items():
         context = pod.get("securityContext", {})
         assert context.get("runAsNonRoot") is True, name
