@@ -5,6 +5,8 @@ prepare -> validate -> bootstrap -> {train_rl2f, train_single_turn} -> rollout
 
 Pipeline parameters (shown in the Kubeflow UI) default to params.yaml as it was at compile time;
 ``compose_params`` applies them and validates the result before any expensive step starts.
+Everything runs inside an exit handler whose last task records the outcome on the MLflow parent
+run.
 """
 
 import json
