@@ -90,6 +90,7 @@ def test_retried_training_step_resumes_from_durable_checkpoints(
     params = tmp_path / "params.yaml"
     params.write_text(params_text)
     durable_root = tmp_path / "pvc" / "rl2f-work"
+    durable_root.parent.mkdir()  # the volume's mount point
     env = subprocess_env() | {WORK_ROOT_ENV: str(durable_root)}
 
     os.environ[WORK_ROOT_ENV] = str(durable_root)
@@ -128,6 +129,10 @@ def test_other_inputs_get_another_workspace(
     assert one != durable_workspace("train_single_turn", "a: 1\n", [], inputs)
     assert durable_workspace("evaluate", "a: 1\n", [], inputs) is None  # does not checkpoint
     monkeypatch.delenv(WORK_ROOT_ENV)
+    assert durable_workspace("train_rl2f", "a: 1\n", [], inputs) is None
+    # The cluster's setting reaches kfp.local tasks too; with no volume mounted there, no
+    # durable workspace (rather than failing to create one).
+    monkeypatch.setenv(WORK_ROOT_ENV, str(tmp_path / "not-mounted" / "rl2f-work"))
     assert durable_workspace("train_rl2f", "a: 1\n", [], inputs) is None
 
 

@@ -93,10 +93,19 @@ def workspace_key(
 def durable_workspace(
     stage: str, params_yaml: str, overrides: list[str], inputs: Mapping[str, str]
 ) -> Path | None:
-    """The workspace a training stage resumes in, or None (no durable root configured, or a
-    stage that does not checkpoint)."""
+    """The workspace a training stage resumes in, or None: no durable root configured, a stage
+    that does not checkpoint, or the root's volume not mounted (the root's parent is the mount
+    point; kfp.local passes the cluster's environment to tasks that have no such volume)."""
     root = os.environ.get(WORK_ROOT_ENV)
     if not root or stage not in TRAINING_STAGES:
+        return None
+    if not Path(root).parent.is_dir():
+        log.warning(
+            "%s=%s: %s is not mounted; checkpoints are temporary",
+            WORK_ROOT_ENV,
+            root,
+            Path(root).parent,
+        )
         return None
     return Path(root) / f"{stage}-{workspace_key(stage, params_yaml, overrides, inputs)}"
 
