@@ -66,6 +66,8 @@ lock: setup
 	$(PIP) install --quiet uv
 	$(VENV)/bin/uv pip compile pyproject.toml --extra dev --python-version 3.11 \
 		--find-links /opt/wheels --no-header -o requirements.lock
+	# Plain torch==X (no +cpu label): installable from the public index as well as from disk.
+	sed -i 's/^torch==\(.*\)+cpu$$/torch==\1/' requirements.lock
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

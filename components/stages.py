@@ -1,9 +1,10 @@
 """One lightweight Kubeflow component per stage.
 
-Each runs in the project image (``RL2F_IMAGE`` at compile time), installs nothing, and makes one
-call into :func:`rl2f.pipeline_io.run_stage`, which maps its typed artifacts onto the stage's
-usual paths. The typed inputs and outputs (Dataset, Model, Metrics, HTML, Markdown) are what the
-Kubeflow UI shows as lineage, metrics and the report.
+Each runs in one of the project's images, chosen at compile time (``RL2F_IMAGE``, CUDA and vLLM,
+for the steps that load models; ``RL2F_CPU_IMAGE``, slim, for the rest), installs nothing, and
+makes one call into :func:`rl2f.pipeline_io.run_stage`, which maps its typed artifacts onto the
+stage's usual paths. The typed inputs and outputs (Dataset, Model, Metrics, HTML, Markdown) are
+what the Kubeflow UI shows as lineage, metrics and the report.
 """
 
 import os
@@ -11,14 +12,21 @@ import os
 from kfp import dsl
 from kfp.dsl import HTML, Dataset, Input, Markdown, Metrics, Model, Output
 
+# Compile-time settings: the GPU image (Dockerfile target `gpu`: CUDA torch and vLLM) for steps
+# that load models, and the slim CPU image (target `cpu`) for the others.
 IMAGE = os.environ.get("RL2F_IMAGE") or "ghcr.io/rl2f/rl2f:0.1.0"
+CPU_IMAGE = os.environ.get("RL2F_CPU_IMAGE") or "ghcr.io/rl2f/rl2f-cpu:0.1.0"
 
 
 def component(func):  # noqa: ANN001, ANN201  (decorator)
     return dsl.component(func, base_image=IMAGE, install_kfp_package=False)
 
 
-@component
+def cpu_component(func):  # noqa: ANN001, ANN201  (decorator)
+    return dsl.component(func, base_image=CPU_IMAGE, install_kfp_package=False)
+
+
+@cpu_component
 def compose_params(
     params_yaml: str,
     student_model: str,
@@ -43,26 +51,39 @@ def compose_params(
     )
 
 
-@component
+@cpu_component
 def start_tracking(params_yaml: str, run_key: str) -> str:
-    """Opens the pipeline's parent MLflow run; its id is passed to every stage as a string."""
+    """Opens the pipeline's parent MLflow run, tagged with the Kubeflow run id (``run_key``).
+
+    Stages do not take the parent's id as an input: a per-run value among a task's inputs
+    would change its cache key every run. Each stage finds the parent again by that tag, reading
+    the run id from its pod (``KFP_RUN_ID``, see pipelines/placement.py). The id returned here is
+    for the Kubeflow UI only."""
     from rl2f.pipeline_io import open_parent_run
 
     return open_parent_run(params_yaml, run_key)
 
 
-@component
-def prepare(params_yaml: str, overrides: list, parent_run_id: str, tasks: Output[Dataset]):
+@cpu_component
+def finish_tracking(params_yaml: str, run_key: str, status: dsl.PipelineTaskFinalStatus) -> str:
+    """The pipeline's exit handler: gives the parent MLflow run the pipeline's outcome
+    (FINISHED, FAILED or KILLED), so a failed Kubeflow run is not a finished one in MLflow."""
+    from rl2f.pipeline_io import close_parent_run
+
+    return close_parent_run(params_yaml, run_key, status.state)
+
+
+@cpu_component
+def prepare(params_yaml: str, overrides: list, tasks: Output[Dataset]):
     from rl2f.pipeline_io import run_stage
 
-    run_stage("prepare", params_yaml, overrides, parent_run_id, outputs={"data/tasks": tasks.path})
+    run_stage("prepare", params_yaml, overrides, outputs={"data/tasks": tasks.path})
 
 
-@component
+@cpu_component
 def validate(
     params_yaml: str,
     overrides: list,
-    parent_run_id: str,
     tasks: Input[Dataset],
     metrics: Output[Metrics],
     report: Output[HTML],
@@ -73,7 +94,6 @@ def validate(
         "validate",
         params_yaml,
         overrides,
-        parent_run_id,
         inputs={"data/tasks": tasks.path},
         outputs={"reports/validation.json": metrics.path, "reports/validation.html": report.path},
     )
@@ -84,7 +104,6 @@ def validate(
 def bootstrap(
     params_yaml: str,
     overrides: list,
-    parent_run_id: str,
     tasks: Input[Dataset],
     model: Output[Model],
 ):
@@ -94,7 +113,6 @@ def bootstrap(
         "bootstrap",
         params_yaml,
         overrides,
-        parent_run_id,
         inputs={"data/tasks": tasks.path},
         outputs={"models/base": model.path},
         optional_outputs=frozenset({"models/base"}),  # skipped when model.student is named
@@ -106,7 +124,6 @@ def train(
     stage: str,
     params_yaml: str,
     overrides: list,
-    parent_run_id: str,
     tasks: Input[Dataset],
     base_model: Input[Model],
     model: Output[Model],
@@ -119,7 +136,6 @@ def train(
         stage,
         params_yaml,
         overrides,
-        parent_run_id,
         inputs={"data/tasks": tasks.path, "models/base": base_model.path},
         outputs={out_dir: model.path},
     )
@@ -129,7 +145,6 @@ def train(
 def rollout(
     params_yaml: str,
     overrides: list,
-    parent_run_id: str,
     tasks: Input[Dataset],
     policy: Input[Model],
     episodes: Output[Dataset],
@@ -140,7 +155,6 @@ def rollout(
         "rollout",
         params_yaml,
         overrides,
-        parent_run_id,
         inputs={"data/tasks": tasks.path, "models/rl2f": policy.path},
         outputs={"data/episodes/train": episodes.path},
     )
@@ -150,7 +164,6 @@ def rollout(
 def distill(
     params_yaml: str,
     overrides: list,
-    parent_run_id: str,
     tasks: Input[Dataset],
     episodes: Input[Dataset],
     policy: Input[Model],
@@ -164,7 +177,6 @@ def distill(
         "distill",
         params_yaml,
         overrides,
-        parent_run_id,
         inputs={
             "data/tasks": tasks.path,  # the leak check reads each episode's task
             "data/episodes/train": episodes.path,
@@ -179,7 +191,6 @@ def evaluate(
     model_name: str,
     params_yaml: str,
     overrides: list,
-    parent_run_id: str,
     tasks: Input[Dataset],
     model: Input[Model],
     results: Output[Dataset],
@@ -188,17 +199,14 @@ def evaluate(
     """Evaluates ONE model; the pipeline fans this out over the models and ``report`` merges."""
     from rl2f.pipeline_io import evaluate_one_model, publish_metrics
 
-    evaluate_one_model(
-        model_name, params_yaml, overrides, parent_run_id, tasks.path, model.path, results.path
-    )
+    evaluate_one_model(model_name, params_yaml, overrides, tasks.path, model.path, results.path)
     publish_metrics(metrics, source=f"{results.path}/reports/metrics.json", model=model_name)
 
 
-@component
+@cpu_component
 def report(
     params_yaml: str,
     overrides: list,
-    parent_run_id: str,
     base_results: Input[Dataset],
     single_turn_results: Input[Dataset],
     rl2f_results: Input[Dataset],
@@ -216,7 +224,6 @@ def report(
     merge_and_report(
         params_yaml,
         overrides,
-        parent_run_id,
         [
             base_results.path,
             single_turn_results.path,

@@ -210,7 +210,6 @@ def test_kubeflow_report_merges_models_and_outputs_comparisons(tmp_path: Path) -
     merge_and_report(
         params,
         ["tracking.enabled=false", "eval.bootstrap_samples=100"],
-        "",
         result_dirs,
         html=str(out / "html"),
         markdown=str(out / "markdown"),

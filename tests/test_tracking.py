@@ -85,3 +85,68 @@ def test_server_with_s3_artifact_store(isolated_env: Path, monkeypatch: pytest.M
             assert client.get_run(run_id).data.tags["mlflow.parentRunId"]
             stored = list((isolated_env / "s3" / "mlflow").rglob("report.md"))
             assert len(stored) == 1 and stored[0].read_text() == "# report\n"
+
+
+def test_exit_handler_gives_the_parent_run_the_pipeline_outcome(
+    isolated_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """start_tracking opens the parent by the Kubeflow run id; a stage in another pod finds the
+    same parent by the id its pod carries; the exit handler closes it with the outcome."""
+    import yaml
+    from mlflow.tracking import MlflowClient
+
+    from rl2f.pipeline_io import close_parent_run, open_parent_run
+    from rl2f.tracking import KFP_RUN_ENV
+
+    uri = f"sqlite:///{isolated_env}/m.db"
+    monkeypatch.delenv(PIPELINE_KEY_ENV)
+    monkeypatch.delenv(KFP_RUN_ENV, raising=False)
+    cfg = load_config(REPO / "params.yaml", [f"tracking.tracking_uri={uri}"])
+    params = yaml.safe_dump(cfg.model_dump(mode="json"))
+    parent = open_parent_run(params, "run-1")
+    monkeypatch.setenv(KFP_RUN_ENV, "run-1")  # what the stage's pod reads from its label
+    with stage_run(cfg, "prepare") as run:
+        child = run.active_run().info.run_id
+    client = MlflowClient(uri)
+    assert client.get_run(child).data.tags["mlflow.parentRunId"] == parent
+    assert close_parent_run(params, "run-1", "FAILED") == "FAILED"
+    closed = client.get_run(parent)
+    assert closed.info.status == "FAILED" and closed.data.tags["kfp.state"] == "FAILED"
+    # A run whose params never validated has no parent: the exit handler reports and succeeds.
+    assert close_parent_run("train: {steps: oops}\n", "run-2", "FAILED") == ""
+
+
+def test_models_are_registered_and_the_best_becomes_champion(
+    isolated_env: Path, tiny_model_dir: Path
+) -> None:
+    """Trained models are logged with the transformers flavour, with their training data as a
+    run input, as versions of one registered model; the best of this pipeline run is champion."""
+    import mlflow
+    import pandas as pd
+    from mlflow.tracking import MlflowClient
+
+    from rl2f.tracking import CHAMPION, REGISTERED_MODEL, TAG_MODEL, log_model, promote_champion
+
+    uri = f"sqlite:///{isolated_env}/m.db"
+    cfg = load_config(REPO / "params.yaml", [f"tracking.tracking_uri={uri}"])
+    tasks = isolated_env / "train.parquet"
+    pd.DataFrame({"id": ["a", "b"], "prompt": ["1 + 1", "2 + 2"]}).to_parquet(tasks)
+    for name in ("rl2f", "single_turn"):
+        with stage_run(cfg, f"train_{name}") as run:
+            version = log_model(run, tiny_model_dir, name, {"training": tasks})
+            run_id = run.active_run().info.run_id
+        assert version is not None
+    client = MlflowClient(uri)
+    logged = client.get_run(run_id)
+    assert [d.dataset.name for d in logged.inputs.dataset_inputs] == ["train"]
+    flavors = mlflow.models.get_model_info(f"models:/{REGISTERED_MODEL}/{version}").flavors
+    assert "transformers" in flavors
+
+    metrics = {
+        "rl2f": {"eval_id": {"teacher": {"acc_by_turn": [0.2, 0.6]}}},
+        "single_turn": {"eval_id": {"teacher": {"acc_by_turn": [0.3, 0.4]}}},
+        "base": {"eval_id": {"teacher": {"acc_by_turn": [0.9, 0.9]}}},  # not registered
+    }
+    champion = promote_champion(cfg, metrics)
+    alias = client.get_model_version_by_alias(REGISTERED_MODEL, CHAMPION)
+    assert alias.version == champion and alias.tags[TAG_MODEL] == "rl2f"

@@ -1,13 +1,15 @@
 """``rl2f cluster apply | status``: put the k8s/ base on a cluster and report its endpoints.
 
-Rendering covers the kustomize features the base uses (resources, namespace, labels) so no
-kubectl binary is needed; a test checks the result against ``kubectl kustomize`` where it is
-installed. Objects are applied server-side with the kubernetes client's dynamic API, which is
-idempotent: rerunning ``apply`` updates what changed and leaves the rest.
+Rendering covers the kustomize features the base uses (resources, namespace, labels, a
+secretGenerator over env files) so no kubectl binary is needed; a test checks the result against
+``kubectl kustomize`` where it is installed. Objects are applied server-side with the kubernetes
+client's dynamic API, which is idempotent: rerunning ``apply`` updates what changed and leaves
+the rest.
 """
 
 from __future__ import annotations
 
+import base64
 import logging
 import time
 from dataclasses import dataclass
@@ -47,7 +49,42 @@ def render(base: Path = Path("k8s")) -> list[dict[str, Any]]:
             for subject in obj.get("subjects", []):
                 subject.setdefault("namespace", namespace)
             objects.append(obj)
+    for generator in spec.get("secretGenerator", []):
+        secret = _generated_secret(base, generator, spec.get("generatorOptions", {}))
+        secret["metadata"]["namespace"] = namespace
+        if labels:
+            secret["metadata"]["labels"] = dict(labels)
+        objects.append(secret)
     return objects
+
+
+def _generated_secret(base: Path, generator: dict, options: dict) -> dict[str, Any]:
+    """A kustomize ``secretGenerator`` entry over env files, as ``kubectl kustomize`` renders it.
+    The env files hold the real values and are git-ignored; a missing one is a clear error."""
+    if not options.get("disableNameSuffixHash"):
+        raise UserError("k8s/kustomization.yaml: secretGenerator needs disableNameSuffixHash")
+    data: dict[str, str] = {}
+    for name in generator.get("envs", []):
+        path = base / name
+        if not path.exists():
+            raise UserError(
+                f"{path}: not found (copy {path.name}.example next to it and fill it in)"
+            )
+        for number, line in enumerate(path.read_text().splitlines(), start=1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            key, sep, value = line.partition("=")
+            if not sep:
+                raise UserError(f"{path}:{number}: expected KEY=VALUE")
+            data[key] = base64.b64encode(value.encode()).decode()
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": generator["name"]},
+        "type": generator.get("type", "Opaque"),
+        "data": data,
+    }
 
 
 def _clients():  # noqa: ANN202

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ import yaml
 
 from rl2f.config import Config
 from rl2f.errors import UserError
+from rl2f.tracking import PIPELINE_KEY_ENV
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +60,14 @@ def pipeline_arguments(cfg: Config) -> dict[str, Any]:
     }
 
 
-def run_local(cfg: Config, compiled: Path = COMPILED, pipeline_root: Path | None = None) -> Path:
-    """Run the compiled pipeline in this environment with kfp.local's subprocess runner."""
+def run_local(
+    cfg: Config, compiled: Path = COMPILED, pipeline_root: Path | None = None, cache: bool = True
+) -> Path:
+    """Run the compiled pipeline in this environment with kfp.local's subprocess runner.
+
+    With ``cache`` (as on a cluster) a task whose inputs match an earlier run's under the same
+    ``pipeline_root`` is not run again (kfp.local keeps its cache in ``<root>/.kfp_cache``).
+    """
     from kfp import components, local
 
     if not compiled.exists():
@@ -69,9 +77,21 @@ def run_local(cfg: Config, compiled: Path = COMPILED, pipeline_root: Path | None
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_absolute():
         # Each task runs in its own scratch directory; pin the store to this one.
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{Path(uri[10:]).resolve()}"
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root))
+    local.init(
+        runner=local.SubprocessRunner(use_venv=False),
+        pipeline_root=str(root),
+        enable_caching=cache,
+    )
     pipeline = components.load_component_from_file(str(compiled))
-    pipeline(**pipeline_arguments(cfg))
+    # kfp.local tasks carry no pod labels (the cluster's source of the run id): key this run's
+    # MLflow parent for start_tracking and every stage alike (rl2f.tracking.pipeline_key).
+    user_key = os.environ.get(PIPELINE_KEY_ENV)
+    os.environ[PIPELINE_KEY_ENV] = user_key or f"kfp-local-{uuid.uuid4().hex[:12]}"
+    try:
+        pipeline(**pipeline_arguments(cfg))
+    finally:
+        if user_key is None:
+            os.environ.pop(PIPELINE_KEY_ENV, None)
     log.info("kfp.local run finished; artifacts under %s", root)
     return root
 

@@ -10,6 +10,8 @@ two-line call.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -17,10 +19,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-from rl2f.tracking import PARENT_RUN_ENV
+from rl2f.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +35,8 @@ def _link_input(artifact_path: str, target: Path) -> None:
     if not source.exists():
         raise FileNotFoundError(f"input artifact {artifact_path} does not exist")
     target.parent.mkdir(parents=True, exist_ok=True)
+    if target.is_symlink():  # left by an earlier attempt in a durable workspace
+        target.unlink()
     # Symlinks avoid copying checkpoints; stages only read their inputs.
     target.symlink_to(source.resolve(), target_is_directory=source.is_dir())
 
@@ -68,11 +72,61 @@ def _gpu_count() -> int:
         return 0
 
 
+# Where training stages keep their workspace (and so their checkpoints) across retries: a
+# directory on durable storage, such as the model-cache PVC the training steps mount
+# (pipelines/placement.py sets it). Unset, each attempt works in a temporary directory.
+WORK_ROOT_ENV = "RL2F_WORK_ROOT"
+# The CLI's exit status for a config or user error (rl2f.cli): not transient, retrying won't help.
+USER_ERROR_EXIT = 2
+
+
+def workspace_key(
+    stage: str, params_yaml: str, overrides: list[str], inputs: Mapping[str, str]
+) -> str:
+    """What decides a stage's result: its params, overrides and input artifacts (artifacts are
+    immutable, so their paths stand for their content). A retry of a task, or a rerun with the
+    same inputs, gets the same key; anything else gets a fresh workspace."""
+    decided = {"stage": stage, "params": params_yaml, "overrides": overrides, "inputs": inputs}
+    return hashlib.sha256(json.dumps(decided, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def durable_workspace(
+    stage: str, params_yaml: str, overrides: list[str], inputs: Mapping[str, str]
+) -> Path | None:
+    """The workspace a training stage resumes in, or None: no durable root configured, a stage
+    that does not checkpoint, or the root's volume not mounted (the root's parent is the mount
+    point; kfp.local passes the cluster's environment to tasks that have no such volume)."""
+    root = os.environ.get(WORK_ROOT_ENV)
+    if not root or stage not in TRAINING_STAGES:
+        return None
+    if not Path(root).parent.is_dir():
+        log.warning(
+            "%s=%s: %s is not mounted; checkpoints are temporary",
+            WORK_ROOT_ENV,
+            root,
+            Path(root).parent,
+        )
+        return None
+    return Path(root) / f"{stage}-{workspace_key(stage, params_yaml, overrides, inputs)}"
+
+
+@contextlib.contextmanager
+def _workspace(durable: Path | None, stage: str) -> Iterator[Path]:
+    if durable is None:
+        with tempfile.TemporaryDirectory(prefix=f"rl2f-{stage}-") as tmp:
+            yield Path(tmp)
+        return
+    resumed = durable.exists()
+    durable.mkdir(parents=True, exist_ok=True)
+    log.info("%s workspace %s (%s)", stage, durable, "resuming" if resumed else "new")
+    yield durable  # left in place when the stage fails: the retry resumes from its checkpoints
+    shutil.rmtree(durable, ignore_errors=True)
+
+
 def run_stage(
     stage: str,
     params_yaml: str,
     overrides: list[str] | None = None,
-    parent_run_id: str = "",
     inputs: Mapping[str, str] | None = None,
     outputs: Mapping[str, str] | None = None,
     optional_outputs: frozenset[str] = frozenset(),
@@ -82,20 +136,27 @@ def run_stage(
     ``inputs`` and ``outputs`` map workspace-relative paths (``data/tasks``) to artifact paths.
     An output in ``optional_outputs`` that the stage did not write becomes an empty artifact
     (bootstrap writes no model when a real one is named).
+    Training stages work in a durable workspace when ``RL2F_WORK_ROOT`` is set, so a retried
+    task resumes from the last checkpoint instead of step 0.
     Returns the stage's JSON summary when it wrote ``reports/<stage>.summary.json``.
     """
-    with tempfile.TemporaryDirectory(prefix=f"rl2f-{stage}-") as tmp:
-        workspace = Path(tmp)
+    overrides = list(overrides or [])
+    inputs = dict(inputs or {})
+    # A bad config fails here, in a second, before any input is touched or model loaded. (KFP
+    # 2.17 retries a failed task whatever its exit status; a config error's retries fail as fast.)
+    _load_params_text(params_yaml, overrides)
+    durable = durable_workspace(stage, params_yaml, overrides, inputs)
+    with _workspace(durable, stage) as workspace:
         params = workspace / "params.yaml"
         params.write_text(params_yaml)
-        for relative, artifact in (inputs or {}).items():
+        for relative, artifact in inputs.items():
             _link_input(artifact, workspace / relative)
-        env = dict(os.environ)
-        if parent_run_id:
-            env[PARENT_RUN_ENV] = parent_run_id
-        command = stage_command(stage, params, list(overrides or []))
+        command = stage_command(stage, params, overrides)
         log.info("running %s in %s", " ".join(command), workspace)
-        subprocess.run(command, cwd=workspace, env=env, check=True)
+        result = subprocess.run(command, cwd=workspace, env=dict(os.environ))
+        if result.returncode == USER_ERROR_EXIT:
+            raise UserError(f"rl2f {stage}: configuration or input error (see the log above)")
+        result.check_returncode()
         for relative, artifact in (outputs or {}).items():
             if relative in optional_outputs and not (workspace / relative).exists():
                 Path(artifact).mkdir(parents=True, exist_ok=True)
@@ -115,13 +176,47 @@ def _load_params_text(params_yaml: str, overrides: list[str] | None):
 
 
 def open_parent_run(params_yaml: str, run_key: str) -> str:
-    """The parent MLflow run of one Kubeflow run ('' when tracking is off)."""
-    from rl2f.tracking import find_or_create_parent
+    """The parent MLflow run of one Kubeflow run ('' when tracking is off).
+
+    Keyed exactly as the stages key it (:func:`rl2f.tracking.pipeline_key`): by the run id that
+    each pod reads from its ``pipeline/runid`` label, or by ``RL2F_PIPELINE_RUN_KEY`` when set
+    (``rl2f pipeline run-local`` sets it, as kfp.local pods have no labels)."""
+    from rl2f.tracking import KFP_RUN_ENV, find_or_create_parent, pipeline_key
 
     cfg = _load_params_text(params_yaml, None)
     if not cfg.tracking.enabled:
         return ""
-    return find_or_create_parent(cfg, f"kfp:{run_key}")
+    if not os.environ.get(KFP_RUN_ENV):
+        os.environ[KFP_RUN_ENV] = run_key
+    return find_or_create_parent(cfg, pipeline_key())
+
+
+# Kubeflow's final pipeline states -> MLflow run statuses.
+KFP_STATE_TO_MLFLOW = {"SUCCEEDED": "FINISHED", "FAILED": "FAILED", "CANCELED": "KILLED"}
+
+
+def close_parent_run(params_yaml: str, run_key: str, state: str) -> str:
+    """Set the parent MLflow run's status from the pipeline's final ``state``; returns the
+    status set ('' when tracking is off or the params never validated: then no parent exists)."""
+    from mlflow.tracking import MlflowClient
+
+    from rl2f.tracking import KFP_RUN_ENV, find_or_create_parent, pipeline_key, tracking_uri
+
+    try:
+        cfg = _load_params_text(params_yaml, None)
+    except Exception as exc:  # noqa: BLE001  (the pipeline already failed on it; report, go on)
+        log.warning("params do not validate (%s): no parent run to close", exc)
+        return ""
+    if not cfg.tracking.enabled:
+        return ""
+    if not os.environ.get(KFP_RUN_ENV):
+        os.environ[KFP_RUN_ENV] = run_key
+    parent = find_or_create_parent(cfg, pipeline_key())
+    status = KFP_STATE_TO_MLFLOW.get(state.upper().replace("CANCELLED", "CANCELED"), "FAILED")
+    client = MlflowClient(tracking_uri(cfg.tracking))
+    client.set_tag(parent, "kfp.state", state)
+    client.set_terminated(parent, status)
+    return status
 
 
 def publish_metrics(artifact, source: str | None = None, model: str | None = None) -> None:  # noqa: ANN001
@@ -186,7 +281,6 @@ def evaluate_one_model(
     model_name: str,
     params_yaml: str,
     overrides: list[str],
-    parent_run_id: str,
     tasks_path: str,
     model_path: str,
     results_path: str,
@@ -205,7 +299,6 @@ def evaluate_one_model(
         "evaluate",
         params_yaml,
         [*overrides, *only_this],
-        parent_run_id,
         inputs={"data/tasks": tasks_path, model_dir: model_path},
         outputs={relative: f"{results_path}/{relative}" for relative in EVAL_OUTPUTS},
     )
@@ -236,7 +329,6 @@ def merge_results(result_dirs: list[str], workspace: Path) -> None:
 def merge_and_report(
     params_yaml: str,
     overrides: list[str],
-    parent_run_id: str,
     result_dirs: list[str],
     *,
     html: str,
@@ -256,7 +348,6 @@ def merge_and_report(
             "report",
             params_yaml,
             overrides,
-            parent_run_id,
             inputs=inputs,
             outputs={
                 "reports/report.html": html,
@@ -265,6 +356,11 @@ def merge_and_report(
                 comparisons_path: comparisons_json,
             },
         )
+    cfg = _load_params_text(params_yaml, overrides)
+    if cfg.tracking.enabled:
+        from rl2f.tracking import promote_champion
+
+        promote_champion(cfg, json.loads(Path(metrics_json).read_text()))
 
 
 def compose_params_yaml(

@@ -1,10 +1,11 @@
 """MLflow conventions: one parent run per pipeline run, one child run per stage.
 
 Stages run as separate processes (DVC) or separate pods (Kubeflow), so the parent cannot be an
-active run shared in memory. Kubeflow passes the parent run id between tasks as a string
-(``RL2F_PARENT_RUN_ID``); DVC has no such channel, so the parent is found again by a key tag:
-the Kubeflow run id, the DVC experiment name, or a hash of the git commit and params.yaml — the
-stages of one ``dvc repro`` share the commit and params, so they land under one parent.
+active run shared in memory. The parent is found again by a key tag: the Kubeflow run id (each
+pod reads it from its ``pipeline/runid`` label as ``KFP_RUN_ID``; passing the parent's id as a
+task input instead would defeat Kubeflow's cache), the DVC experiment name, or a hash of the git
+commit and params.yaml — the stages of one ``dvc repro`` share the commit and params, so they
+land under one parent. ``RL2F_PARENT_RUN_ID`` names a parent outright.
 """
 
 from __future__ import annotations
@@ -178,3 +179,90 @@ def log_summary(mlflow: Any, summary: Mapping[str, Any]) -> None:
     }
     if metrics:
         mlflow.log_metrics({k.replace("/", "_"): v for k, v in metrics.items()})
+
+
+# The one registered model every trained model (rl2f, single_turn, rl2f_critic, ...) becomes a
+# version of, tagged with which it is; the alias CHAMPION points at the version that did best in
+# the latest pipeline run that compared them (see promote_champion).
+REGISTERED_MODEL = "rl2f-student"
+CHAMPION = "champion"
+TAG_MODEL = "rl2f.model"
+
+
+def _model_requirements() -> list[str]:
+    """Pinned requirements of a logged model, given rather than inferred (inference loads the
+    model in a subprocess, which costs more than the training of a tiny model)."""
+    from importlib.metadata import version
+
+    return [
+        f"{name}=={version(name).split('+')[0]}"
+        for name in ("torch", "transformers", "tokenizers", "accelerate")
+    ]
+
+
+def log_model(
+    mlflow: Any, model_dir: str | os.PathLike[str], model_name: str, datasets: Mapping[str, Path]
+) -> str | None:
+    """Log a saved model with MLflow's transformers flavour, register it as a version of
+    :data:`REGISTERED_MODEL` and record the datasets it was trained on as run inputs
+    (``{context: parquet path}``). Returns the registered version ('' if the store has no
+    registry)."""
+    import pandas as pd
+
+    for context, path in datasets.items():
+        frame = pd.read_parquet(path)
+        dataset = mlflow.data.from_pandas(frame, source=str(path), name=Path(path).stem)
+        mlflow.log_input(dataset, context=context)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    # Loaded rather than passed as a path: MLflow 3.17's local-checkpoint path fails on
+    # transformers 5 (it expects the pipeline class where transformers 5 has its name).
+    components = {
+        "model": AutoModelForCausalLM.from_pretrained(model_dir, dtype="auto"),
+        "tokenizer": AutoTokenizer.from_pretrained(model_dir),
+    }
+    info = mlflow.transformers.log_model(
+        transformers_model=components,
+        name="model",
+        task="text-generation",
+        pip_requirements=_model_requirements(),
+    )
+    try:
+        registered = mlflow.register_model(info.model_uri, REGISTERED_MODEL)
+    except Exception as exc:  # noqa: BLE001  (a store without a model registry)
+        log.warning("model %s logged but not registered: %s", model_name, exc)
+        return None
+    client = mlflow.MlflowClient()
+    client.set_model_version_tag(REGISTERED_MODEL, registered.version, TAG_MODEL, model_name)
+    client.set_model_version_tag(REGISTERED_MODEL, registered.version, TAG_KEY, pipeline_key())
+    return registered.version
+
+
+def promote_champion(
+    cfg: Config, metrics: Mapping[str, Any], split: str = "eval_id", mode: str = "teacher"
+) -> str | None:
+    """Point the :data:`CHAMPION` alias at this pipeline run's registered model with the best
+    last-turn accuracy on ``split`` under ``mode`` feedback. Returns the version, or None when
+    none of the evaluated models was registered by this run."""
+    mlflow = _mlflow(cfg.tracking)
+    client = mlflow.MlflowClient()
+    key = pipeline_key()
+    versions = {
+        v.tags.get(TAG_MODEL): v
+        for v in sorted(
+            client.search_model_versions(f"name='{REGISTERED_MODEL}'"), key=lambda v: int(v.version)
+        )
+        if v.tags.get(TAG_KEY) == key
+    }
+    scored = [
+        (curve[-1], name)
+        for name, splits in metrics.items()
+        if name in versions and (curve := splits.get(split, {}).get(mode, {}).get("acc_by_turn"))
+    ]
+    if not scored:
+        return None
+    _, best = max(scored)
+    version = versions[best].version
+    client.set_registered_model_alias(REGISTERED_MODEL, CHAMPION, version)
+    log.info("MLflow: %s v%s (%s) is now %s", REGISTERED_MODEL, version, best, CHAMPION)
+    return version

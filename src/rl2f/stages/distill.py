@@ -19,7 +19,7 @@ from rl2f.episodes import Episode, read_episodes
 from rl2f.errors import DataError, UserError
 from rl2f.tasks.io import atomic_write_text, read_tasks
 from rl2f.tasks.schema import SPLITS, Task, is_eval_split
-from rl2f.tracking import active
+from rl2f.tracking import active, log_model
 
 log = logging.getLogger(__name__)
 
@@ -70,5 +70,6 @@ def run(cfg: Config) -> dict:
     atomic_write_text(out_dir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
     run_ = active()
     if run_ and cfg.tracking.log_models:
-        run_.log_artifacts(str(out_dir), artifact_path="model")
+        name = "rl2f_critic" if cfg.distill.include_critiques else "rl2f_answers_only"
+        log_model(run_, out_dir, name, {})
     return summary

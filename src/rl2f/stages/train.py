@@ -16,7 +16,7 @@ from typing import Literal
 from rl2f.config import Config
 from rl2f.errors import DataError
 from rl2f.tasks.io import atomic_write_text, read_tasks
-from rl2f.tracking import active
+from rl2f.tracking import active, log_model
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,6 @@ def run_training(cfg: Config, which: Literal["rl2f", "single_turn"]) -> dict:
     }
     atomic_write_text(Path(spec.out_dir) / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
     if run and cfg.tracking.log_models:
-        run.log_artifacts(spec.out_dir, artifact_path="model")
+        log_model(run, spec.out_dir, which, {"training": tasks_path})
     log.info("%s: %s", stage, summary)
     return summary
