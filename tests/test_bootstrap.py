@@ -331,7 +331,10 @@ def test_stage_is_skipped_when_a_real_model_is_named(
     with caplog.at_level(logging.INFO, logger="rl2f.stages.bootstrap"):
         assert stage.run(cfg) is None
     assert f"using {tiny_model_dir}, skipping bootstrap" in caplog.text
-    assert not (tmp_path / "b").exists()
+    # DVC declares models/base as the stage's output: it names the real model, nothing more.
+    assert [p.name for p in (tmp_path / "b").iterdir()] == [stage.STUDENT_FILE]
+    recorded = json.loads((tmp_path / "b" / stage.STUDENT_FILE).read_text())
+    assert recorded == {"student": str(tiny_model_dir)}
 
 
 def test_zero_steps_saves_the_untrained_model(project: Path, tmp_path: Path) -> None:

@@ -1,16 +1,31 @@
 """``rl2f bootstrap``: make the embedded default student (``models/base/``), unless
-``model.student`` names a real model, in which case that model is the base and nothing is built."""
+``model.student`` names a real model, in which case that model is the base, nothing is built,
+and ``models/base/`` only records which model it is (DVC expects the declared output)."""
 
 from __future__ import annotations
 
+import json
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
 from rl2f.config import Config
-from rl2f.tasks.io import read_tasks
+from rl2f.tasks.io import atomic_write_text, read_tasks
+
+# What ``models/base/`` holds when a real model is the base: its name, for DVC and for people.
+STUDENT_FILE = "student.json"
 
 log = logging.getLogger(__name__)
+
+
+def record_student(student: str, base_dir: Path) -> None:
+    """``base_dir`` names the real base model instead of holding a tiny one, so a stale tiny
+    model is never mistaken for the base and ``dvc repro -S model.student=...`` finds its
+    output."""
+    shutil.rmtree(base_dir, ignore_errors=True)
+    base_dir.mkdir(parents=True)
+    atomic_write_text(base_dir / STUDENT_FILE, json.dumps({"student": student}, indent=2) + "\n")
 
 
 def run(cfg: Config) -> dict[str, Any] | None:
@@ -18,6 +33,7 @@ def run(cfg: Config) -> dict[str, Any] | None:
     exists. Returns the probe metrics, or None when skipped."""
     if cfg.model.student:
         log.info("using %s, skipping bootstrap", cfg.model.student)
+        record_student(cfg.model.student, Path(cfg.model.base_dir))
         return None
 
     from rl2f.training.bootstrap import ProbeSettings, bootstrap_tiny_model
