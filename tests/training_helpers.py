@@ -188,3 +188,30 @@ def kill_after_first_checkpoint(command: list[str], root: Path, work_dir: Path) 
         process.wait()
         log.close()
     assert process.returncode == -signal.SIGKILL
+
+
+def run_cli(command: list[str], root: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run ``command`` in ``root`` to the end; fails the test with its stderr if it fails."""
+    done = subprocess.run(
+        command, cwd=root, env=subprocess_env(), capture_output=True, text=True, timeout=timeout
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def assert_same_weights(got_dir: Path, expected_dir: Path) -> None:
+    """Every tensor of the two published models is bit-for-bit equal (resume must not change
+    what training computes, only where it starts)."""
+    from safetensors.torch import load_file
+
+    got = load_file(got_dir / "model.safetensors")
+    expected = load_file(expected_dir / "model.safetensors")
+    assert got.keys() == expected.keys()
+    differ = [name for name in expected if not torch_equal(got[name], expected[name])]
+    assert not differ, f"weights differ from the uninterrupted run's: {differ}"
+
+
+def torch_equal(a, b) -> bool:  # noqa: ANN001
+    import torch
+
+    return a.dtype == b.dtype and a.shape == b.shape and bool(torch.equal(a, b))
