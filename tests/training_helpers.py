@@ -17,7 +17,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from rl2f.config import Config, load_config
@@ -173,16 +173,22 @@ def subprocess_env() -> dict[str, str]:
 
 def kill_after_first_checkpoint(command: list[str], root: Path, work_dir: Path) -> None:
     """Start ``command`` and SIGKILL it once its first complete checkpoint is on disk."""
+    kill_when(command, root, lambda: bool(list(work_dir.glob(f"checkpoint-*/{TRAINER_STATE}"))))
+
+
+def kill_when(command: list[str], root: Path, ready: Callable[[], bool]) -> None:
+    """Start ``command`` in ``root`` and SIGKILL it as soon as ``ready()`` holds (polled every
+    few milliseconds); its output goes to ``root/interrupted.log``."""
     log = (root / "interrupted.log").open("w")
     process = subprocess.Popen(
         command, cwd=root, env=subprocess_env(), stdout=log, stderr=subprocess.STDOUT
     )
     deadline = time.monotonic() + 600
     try:
-        while not list(work_dir.glob(f"checkpoint-*/{TRAINER_STATE}")):
+        while not ready():
             assert process.poll() is None, (root / "interrupted.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "no checkpoint within 10 minutes"
-            time.sleep(0.05)
+            assert time.monotonic() < deadline, "not ready to be killed within 10 minutes"
+            time.sleep(0.01)
     finally:
         process.send_signal(signal.SIGKILL)
         process.wait()
