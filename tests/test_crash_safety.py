@@ -148,3 +148,35 @@ def test_evaluate_killed_after_a_cell_resumes_to_the_uninterrupted_output(
     }
     assert got == want
     assert tree(interrupted / "reports") == tree(straight / "reports")
+
+
+# ---------------------------------------------------------------- what counts as finished
+def test_a_cell_is_reused_only_when_finished_under_the_same_settings(tmp_path: Path) -> None:
+    from rl2f.evaluation.episode_files import (
+        StoredCell,
+        load_finished_cell,
+        record_path,
+        save_finished_cell,
+    )
+
+    save_finished_cell(tmp_path, StoredCell("m", "eval_id", "self", [], []), {"key": "a"})
+    assert load_finished_cell(tmp_path, "m", "eval_id", "self", "a") is not None
+    assert load_finished_cell(tmp_path, "m", "eval_id", "self", "b") is None  # other settings
+    record_path(tmp_path, "m", "eval_id", "self").unlink()  # killed before the record
+    assert load_finished_cell(tmp_path, "m", "eval_id", "self", "a") is None
+
+
+def test_a_republished_model_is_another_model(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """Finished work is keyed by the model folder's files: retraining publishes new files (same
+    names and sizes, new contents), which must not pass for the old model."""
+    from rl2f.tasks.io import folder_identity, replace_dir
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    before = folder_identity(model)
+    assert folder_identity(model) == before
+    staging = tmp_path / "staging"
+    shutil.copytree(tiny_model_dir, staging, copy_function=shutil.copy)  # new files, like a save
+    replace_dir(staging, model)
+    assert folder_identity(model) != before
+    assert folder_identity("org/name") == {"hub_id": "org/name"}

@@ -176,12 +176,23 @@ def kill_after_first_checkpoint(command: list[str], root: Path, work_dir: Path) 
     kill_when(command, root, lambda: bool(list(work_dir.glob(f"checkpoint-*/{TRAINER_STATE}"))))
 
 
-def kill_when(command: list[str], root: Path, ready: Callable[[], bool]) -> None:
-    """Start ``command`` in ``root`` and SIGKILL it as soon as ``ready()`` holds (polled every
-    few milliseconds); its output goes to ``root/interrupted.log``."""
+def kill_when(
+    command: list[str],
+    root: Path,
+    ready: Callable[[], bool],
+    env: dict[str, str] | None = None,
+) -> None:
+    """Start ``command`` in ``root`` and SIGKILL it, with every process it started, as soon as
+    ``ready()`` holds (polled every few milliseconds); its output goes to
+    ``root/interrupted.log``."""
     log = (root / "interrupted.log").open("w")
     process = subprocess.Popen(
-        command, cwd=root, env=subprocess_env(), stdout=log, stderr=subprocess.STDOUT
+        command,
+        cwd=root,
+        env=env or subprocess_env(),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group: `dvc repro` runs the stage as a child
     )
     deadline = time.monotonic() + 600
     try:
@@ -190,7 +201,7 @@ def kill_when(command: list[str], root: Path, ready: Callable[[], bool]) -> None
             assert time.monotonic() < deadline, "not ready to be killed within 10 minutes"
             time.sleep(0.01)
     finally:
-        process.send_signal(signal.SIGKILL)
+        os.killpg(process.pid, signal.SIGKILL)
         process.wait()
         log.close()
     assert process.returncode == -signal.SIGKILL
