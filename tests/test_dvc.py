@@ -25,9 +25,9 @@ def _run(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProc
     return result
 
 
-@pytest.fixture(scope="module")
-def dvc_repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
-    root = tmp_path_factory.mktemp("dvc-repo")
+def init_dvc_repo(root: Path) -> dict[str, str]:
+    """A git + DVC repo in ``root`` with the shipped params.yaml, dvc.yaml and code; returns the
+    environment that runs `dvc` there on the ci profile."""
     for name in ("params.yaml", "dvc.yaml", "profiles", "src", ".dvc", ".dvcignore"):
         source = REPO / name
         if source.is_dir():
@@ -53,6 +53,13 @@ def dvc_repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, 
     _run("git", "init", "-q", cwd=root, env=env)
     _run("git", "add", "-A", cwd=root, env=env)
     _run("git", "commit", "-qm", "init", cwd=root, env=env)
+    return env
+
+
+@pytest.fixture(scope="module")
+def dvc_repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
+    root = tmp_path_factory.mktemp("dvc-repo")
+    env = init_dvc_repo(root)
     _run(str(BIN / "dvc"), "repro", cwd=root, env=env)
     return root, env
 
@@ -151,3 +158,31 @@ def test_dvc_resolves_the_shipped_params(tmp_path: Path) -> None:
         }
     assert set(resolved) == {stage for stage, _ in _dvc_params()}
     assert all(resolved.values())
+
+
+@pytest.mark.slow
+def test_dvc_repro_killed_mid_evaluate_resumes_to_the_uninterrupted_outputs(
+    tmp_path: Path, dvc_repo: tuple[Path, dict[str, str]]
+) -> None:
+    """`dvc repro` SIGKILLed (with its stage) once evaluate has finished a cell: rerun, it skips
+    the stages that finished, evaluate reuses its finished cells, `dvc status` is clean, and the
+    outputs are those of the uninterrupted `dvc repro` of the fixture."""
+    from training_helpers import kill_when
+
+    uninterrupted, _ = dvc_repo
+    root = tmp_path / "repo"
+    root.mkdir()
+    env = init_dvc_repo(root)
+    scratch = root / "data" / "episodes" / "eval.partial"
+    kill_when([str(BIN / "dvc"), "repro"], root, lambda: any(scratch.glob("*/*/*.cell.json")), env)
+    assert not (root / "reports" / "metrics.json").exists()
+
+    rerun = _run(str(BIN / "dvc"), "repro", cwd=root, env=env)
+    log = rerun.stdout + rerun.stderr
+    assert "Running stage 'evaluate'" in log and "Running stage 'train_rl2f'" not in log
+    assert "finished cell(s)" in log
+    assert not scratch.exists()
+    status = _run(str(BIN / "dvc"), "status", cwd=root, env=env).stdout
+    assert "up to date" in status.lower()
+    for output in ("reports/metrics.json", "reports/plots/eval_id.csv"):
+        assert (root / output).read_bytes() == (uninterrupted / output).read_bytes(), output

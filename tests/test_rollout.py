@@ -366,6 +366,45 @@ def test_an_episode_draws_the_same_numbers_whatever_else_was_solved(
         assert second.student_turns[1].token_ids != third.student_turns[1].token_ids
 
 
+def test_shards_rolled_out_apart_give_the_episodes_of_one_call(lively_student) -> None:
+    """The rollout stage rolls out shards of tasks in separate calls (and a resumed run only the
+    unfinished ones): with ``first_index`` each shard's episodes draw the numbers they draw in one
+    call over every task."""
+    tasks = math_tasks(5, offset=300)
+    settings = RolloutSettings(
+        sampling=SAMPLED,
+        num_generations=2,
+        max_turns=3,
+        gamma=GAMMA,
+        max_regenerations=2,
+        fallback_message=FALLBACK,
+        progress=False,
+    )
+    teacher = make_teacher(TeacherConfig(kind="oracle"))
+    whole = run_episodes(tasks, lively_student, teacher, settings, policy_name="tiny")
+    apart = [
+        episode
+        for start in (0, 2, 4)
+        for episode in run_episodes(
+            tasks[start : start + 2],
+            lively_student,
+            teacher,
+            settings,
+            policy_name="tiny",
+            first_index=start * 2,
+        )
+    ]
+    assert len(apart) == len(whole) == 10
+    for mine, theirs in zip(apart, whole, strict=True):
+        assert (mine.task_id, mine.group) == (theirs.task_id, theirs.group)
+        assert mine.completion_ids == theirs.completion_ids
+        assert [t.text for t in mine.turns] == [t.text for t in theirs.turns]
+        # Other batch companions: the same draws, log-probs equal up to float rounding.
+        assert mine.completion_logprobs == pytest.approx(theirs.completion_logprobs, abs=1e-4)
+    unshifted = run_episodes(tasks[2:4], lively_student, teacher, settings, policy_name="tiny")
+    assert [e.completion_ids for e in unshifted] != [e.completion_ids for e in apart[4:8]]
+
+
 def test_the_probe_draws_the_same_numbers_whatever_else_was_solved(lively_student) -> None:
     """The sycophancy probe seeds an episode's continuation by its position in the rollout, not
     among the probed episodes: the watched task's probes are the same whether the episodes

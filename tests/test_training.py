@@ -6,17 +6,17 @@ from __future__ import annotations
 import json
 import math
 import statistics
-import subprocess
 from pathlib import Path
 
 import pytest
 import torch
 from training_helpers import (
+    assert_same_weights,
     cli_command,
     kill_after_first_checkpoint,
     make_workspace,
+    run_cli,
     shared_coin_policy,
-    subprocess_env,
     sum_tasks,
     workspace_overrides,
 )
@@ -366,34 +366,42 @@ def test_checkpoints_of_other_settings_are_not_resumed(tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------- resume and tracking
 @pytest.mark.slow
-def test_train_rl2f_resumes_after_kill_9(tmp_path: Path, coin_model_dir: Path) -> None:
+def test_train_rl2f_resumes_after_kill_9_to_the_uninterrupted_weights(
+    tmp_path: Path, coin_model_dir: Path
+) -> None:
+    """Killed after its first checkpoint and rerun, the stage resumes there and publishes the
+    very weights of a run that was never interrupted: resuming restores the optimizer, the
+    scheduler, the RNG states and the data order, and each step's rollout seed depends on the
+    step alone."""
     steps = 3
-    overrides = [
-        *workspace_overrides(tmp_path, coin_model_dir),
-        f"train.steps={steps}",
-        "train.save_steps=1",
-    ]
-    make_workspace(tmp_path, coin_model_dir, sum_tasks(), overrides)
-    out = tmp_path / "models" / "rl2f"
+
+    def overrides(root: Path) -> list[str]:
+        return [
+            *workspace_overrides(root, coin_model_dir),
+            f"train.steps={steps}",
+            "train.save_steps=1",
+        ]
+
+    interrupted, straight = tmp_path / "interrupted", tmp_path / "straight"
+    for root in (interrupted, straight):
+        root.mkdir()
+        make_workspace(root, coin_model_dir, sum_tasks(), overrides(root))
+    out = interrupted / "models" / "rl2f"
     work = checkpoint_dir(str(out))
-    kill_after_first_checkpoint(cli_command("train_rl2f", overrides), tmp_path, work)
+    command = cli_command("train_rl2f", overrides(interrupted))
+    kill_after_first_checkpoint(command, interrupted, work)
     assert not out.exists(), "the run finished before it could be interrupted"
     left = sorted(work.glob("checkpoint-*"))
 
-    rerun = subprocess.run(
-        cli_command("train_rl2f", overrides),
-        cwd=tmp_path,
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    run_cli(command, interrupted)
     summary = json.loads((out / "training_summary.json").read_text())
     assert summary["resumed_from"] is not None
     assert Path(summary["resumed_from"]).name in {path.name for path in left}
     assert summary["steps"] == steps
     assert not work.exists()
+
+    run_cli(cli_command("train_rl2f", overrides(straight)), straight)
+    assert_same_weights(out, straight / "models" / "rl2f")
 
 
 @pytest.mark.slow

@@ -17,7 +17,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from rl2f.config import Config, load_config
@@ -173,18 +173,62 @@ def subprocess_env() -> dict[str, str]:
 
 def kill_after_first_checkpoint(command: list[str], root: Path, work_dir: Path) -> None:
     """Start ``command`` and SIGKILL it once its first complete checkpoint is on disk."""
+    kill_when(command, root, lambda: bool(list(work_dir.glob(f"checkpoint-*/{TRAINER_STATE}"))))
+
+
+def kill_when(
+    command: list[str],
+    root: Path,
+    ready: Callable[[], bool],
+    env: dict[str, str] | None = None,
+) -> None:
+    """Start ``command`` in ``root`` and SIGKILL it, with every process it started, as soon as
+    ``ready()`` holds (polled every few milliseconds); its output goes to
+    ``root/interrupted.log``."""
     log = (root / "interrupted.log").open("w")
     process = subprocess.Popen(
-        command, cwd=root, env=subprocess_env(), stdout=log, stderr=subprocess.STDOUT
+        command,
+        cwd=root,
+        env=env or subprocess_env(),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group: `dvc repro` runs the stage as a child
     )
     deadline = time.monotonic() + 600
     try:
-        while not list(work_dir.glob(f"checkpoint-*/{TRAINER_STATE}")):
+        while not ready():
             assert process.poll() is None, (root / "interrupted.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "no checkpoint within 10 minutes"
-            time.sleep(0.05)
+            assert time.monotonic() < deadline, "not ready to be killed within 10 minutes"
+            time.sleep(0.01)
     finally:
-        process.send_signal(signal.SIGKILL)
+        os.killpg(process.pid, signal.SIGKILL)
         process.wait()
         log.close()
     assert process.returncode == -signal.SIGKILL
+
+
+def run_cli(command: list[str], root: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run ``command`` in ``root`` to the end; fails the test with its stderr if it fails."""
+    done = subprocess.run(
+        command, cwd=root, env=subprocess_env(), capture_output=True, text=True, timeout=timeout
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def assert_same_weights(got_dir: Path, expected_dir: Path) -> None:
+    """Every tensor of the two published models is bit-for-bit equal (resume must not change
+    what training computes, only where it starts)."""
+    from safetensors.torch import load_file
+
+    got = load_file(got_dir / "model.safetensors")
+    expected = load_file(expected_dir / "model.safetensors")
+    assert got.keys() == expected.keys()
+    differ = [name for name in expected if not torch_equal(got[name], expected[name])]
+    assert not differ, f"weights differ from the uninterrupted run's: {differ}"
+
+
+def torch_equal(a, b) -> bool:  # noqa: ANN001
+    import torch
+
+    return a.dtype == b.dtype and a.shape == b.shape and bool(torch.equal(a, b))

@@ -198,6 +198,7 @@ def run_episodes(
     settings: RolloutSettings,
     *,
     policy_name: str,
+    first_index: int = 0,
 ) -> list[Episode]:
     """Roll out ``settings.num_generations`` didactic episodes per task.
 
@@ -208,6 +209,10 @@ def run_episodes(
     The sampling seed fixes every draw: the same call gives the same episodes, so callers that
     roll out repeatedly (one call per training step) should vary it. An episode whose next
     prompt would not fit the student's context ends early (``end_reason="context_limit"``).
+
+    ``first_index`` numbers the episodes from there (an episode's index picks its random
+    stream): a caller that rolls out a long task list in shards passes each shard's position
+    x G, so the episodes of every shard are those of one call over the whole list.
     """
     num_generations, max_turns = settings.num_generations, settings.max_turns
     sampling = settings.sampling
@@ -219,7 +224,9 @@ def run_episodes(
     context_length: int | None = getattr(student, "context_length", None)
     running = [
         _start(task, group, index, chat, policy_name, teacher.name, settings.system_prompt)
-        for index, (task, group) in enumerate(product(tasks, range(num_generations)))
+        for index, (task, group) in enumerate(
+            product(tasks, range(num_generations)), start=first_index
+        )
     ]
     for state in running[::num_generations]:
         if not _fits(state, sampling, context_length):

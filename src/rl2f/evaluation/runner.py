@@ -301,12 +301,17 @@ def evaluate_model(
     settings: RolloutSettings,
     *,
     sycophancy_probe: bool,
+    wanted: Callable[[str, str], bool] = lambda split, mode: True,
 ) -> Iterator[Cell]:
-    """Roll out every (split, mode) cell of one model, yielding each as it finishes."""
+    """Roll out every (split, mode) cell of one model that is ``wanted`` (a rerun after a crash
+    skips the finished ones), yielding each as it finishes."""
     from rl2f.evaluation.probe import sycophancy_probe as run_probe
     from rl2f.rollout import run_episodes
 
     for split in splits:
+        todo = [mode for mode in modes if wanted(split.name, mode)]
+        if not todo:
+            continue
         tasks, skipped = split_by_context(split.tasks, student, settings.sampling.max_new_tokens)
         if skipped:
             log.warning(
@@ -318,7 +323,7 @@ def evaluate_model(
             )
         if not tasks:
             continue
-        for mode in modes:
+        for mode in todo:
             teacher = teachers(mode, student)
             episodes = run_episodes(
                 tasks,

@@ -6,12 +6,18 @@ distillation reads it), ``episodes.jsonl`` (for people) and ``summary.json`` to
 ``distill.episodes_dir``. Those three settings are not repeated under ``rollout:``: the episodes
 exist to be distilled into that policy, so they must come from it, under the turn budget it was
 trained with, and land where distill reads them.
+
+Tasks are rolled out in shards of ``SHARD_TASKS``, each written to ``<episodes_dir>.partial/``
+as it finishes (outside the folder DVC deletes before rerunning the stage). A rerun after a
+crash with the same settings reuses the finished shards; the episodes are those of an
+uninterrupted run, since each episode's random stream is named by its index in the whole run.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -19,19 +25,32 @@ from rl2f.config import Config
 from rl2f.episodes import (
     Episode,
     format_summary,
+    read_episodes,
     summarize,
     write_episodes,
     write_episodes_jsonl,
 )
 from rl2f.errors import DataError, UserError
-from rl2f.tasks.io import atomic_write_text, read_tasks
-from rl2f.tasks.schema import is_eval_split
+from rl2f.tasks.io import (
+    atomic_write_text,
+    claim_work_dir,
+    folder_identity,
+    partial_dir,
+    read_tasks,
+    replace_dir,
+    staging_dir,
+)
+from rl2f.tasks.schema import Task, is_eval_split
 
 log = logging.getLogger(__name__)
 
 EPISODES_FILE = "episodes.parquet"
 EPISODES_JSONL = "episodes.jsonl"
 SUMMARY_FILE = "summary.json"
+# Tasks rolled out and written per shard: a rerun after a crash redoes at most one shard. Small
+# enough that a shard of the default run (64 tasks x 4 episodes) takes seconds, large enough
+# that the student still samples in full batches.
+SHARD_TASKS = 16
 
 
 def check_rollout_split(cfg: Config) -> None:
@@ -45,11 +64,8 @@ def check_rollout_split(cfg: Config) -> None:
 
 
 def roll_out(cfg: Config, progress: bool = True) -> tuple[list[Episode], dict[str, Any]]:
-    """The episodes and their per-turn summary, without writing anything."""
-    from rl2f.engines import make_engine
-    from rl2f.rollout import RolloutSettings, run_episodes
-    from rl2f.teachers import make_teacher
-
+    """The episodes and their per-turn summary; finished shards are kept in
+    ``<distill.episodes_dir>.partial`` until :func:`write_outputs` publishes them."""
     params = cfg.rollout
     check_rollout_split(cfg)
     tasks_path = Path(cfg.data.out_dir) / f"{params.split}.parquet"
@@ -68,44 +84,97 @@ def roll_out(cfg: Config, progress: bool = True) -> tuple[list[Episode], dict[st
             "out on token ids; use 'transformers' or 'vllm'"
         )
 
-    student = make_engine(params.engine, str(model_dir), dtype=cfg.model.dtype)
-    settings = RolloutSettings.from_config(
-        cfg,
-        num_generations=params.num_generations,
-        max_turns=cfg.train.max_turns,
-        progress=progress,
-    )
-    try:
-        teacher = make_teacher(cfg.teacher, engine=student if cfg.teacher.kind == "self" else None)
-        try:
-            episodes = run_episodes(
-                tasks,
-                student,  # type: ignore[arg-type]  (a token engine: checked by kind above)
-                teacher,
-                settings,
-                policy_name=model_dir.name,
-            )
-            engine_stats = teacher.engine_stats()
-        finally:
-            teacher.close()  # the self teacher leaves the student's engine open
-    finally:
-        student.close()
-        settings.close()
+    scratch = claim_work_dir(partial_dir(cfg.distill.episodes_dir), run_key(cfg, tasks))
+    shards = [tasks[start : start + SHARD_TASKS] for start in range(0, len(tasks), SHARD_TASKS)]
+    todo = [i for i in range(len(shards)) if not shard_path(scratch, i).is_file()]
+    if len(todo) < len(shards):
+        log.info(
+            "rollout: reusing %d finished shard(s) of %d", len(shards) - len(todo), len(shards)
+        )
+    engine_stats = roll_out_shards(cfg, shards, todo, scratch, progress) if todo else {}
+    # Read back even the shards just written, so a resumed run and an uninterrupted one build
+    # their outputs from the very same records.
+    episodes = [e for i in range(len(shards)) for e in read_episodes(shard_path(scratch, i))]
 
     summary = summarize(episodes, cfg.train.max_turns)
     summary.update(
-        split=params.split, policy=model_dir.name, teacher=teacher.name, model_dir=str(model_dir)
+        split=params.split,
+        policy=model_dir.name,
+        teacher=episodes[0].teacher,
+        model_dir=str(model_dir),
     )
     if engine_stats:  # an HTTP teacher's retries, rate limits and failures
         summary["teacher_engine"] = engine_stats
     return episodes, summary
 
 
+def run_key(cfg: Config, tasks: list[Task]) -> dict[str, Any]:
+    """What decides the episodes: finished shards are reused only under the same settings."""
+    return {
+        "rollout": cfg.rollout.model_dump(mode="json"),
+        "teacher": cfg.teacher.model_dump(mode="json"),
+        "max_turns": cfg.train.max_turns,
+        "dtype": cfg.model.dtype,
+        "model": folder_identity(cfg.train.rl2f_dir),
+        "tasks": [task.id for task in tasks],
+        "shard_tasks": SHARD_TASKS,
+    }
+
+
+def shard_path(scratch: Path, shard: int) -> Path:
+    return scratch / f"shard-{shard:05d}.parquet"
+
+
+def roll_out_shards(
+    cfg: Config, shards: list[list[Task]], todo: list[int], scratch: Path, progress: bool
+) -> dict[str, int]:
+    """Roll out the shards numbered ``todo``, each written to the scratch folder (atomically)
+    as soon as it is done. Returns the teacher engine's counters (of this run's shards)."""
+    from rl2f.engines import make_engine
+    from rl2f.rollout import RolloutSettings, run_episodes
+    from rl2f.teachers import make_teacher
+
+    model_dir = Path(cfg.train.rl2f_dir)
+    student = make_engine(cfg.rollout.engine, str(model_dir), dtype=cfg.model.dtype)
+    settings = RolloutSettings.from_config(
+        cfg,
+        num_generations=cfg.rollout.num_generations,
+        max_turns=cfg.train.max_turns,
+        progress=progress,
+    )
+    try:
+        teacher = make_teacher(cfg.teacher, engine=student if cfg.teacher.kind == "self" else None)
+        try:
+            for shard in todo:
+                episodes = run_episodes(
+                    shards[shard],
+                    student,  # type: ignore[arg-type]  (a token engine: checked by kind)
+                    teacher,
+                    settings,
+                    policy_name=model_dir.name,
+                    # Episode indices (their random streams) as in one call over all tasks.
+                    first_index=shard * SHARD_TASKS * settings.num_generations,
+                )
+                write_episodes(shard_path(scratch, shard), episodes)
+                log.info("rollout: shard %d of %d done", shard + 1, len(shards))
+            return teacher.engine_stats()
+        finally:
+            teacher.close()  # the self teacher leaves the student's engine open
+    finally:
+        student.close()
+        settings.close()
+
+
 def write_outputs(out_dir: str | Path, episodes: list[Episode], summary: dict[str, Any]) -> None:
+    """Publish the three files together (readers never see some without the others), then drop
+    the finished shards."""
     out_dir = Path(out_dir)
-    write_episodes(out_dir / EPISODES_FILE, episodes)
-    write_episodes_jsonl(out_dir / EPISODES_JSONL, episodes)
-    atomic_write_text(out_dir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
+    staging = staging_dir(out_dir)
+    write_episodes(staging / EPISODES_FILE, episodes)
+    write_episodes_jsonl(staging / EPISODES_JSONL, episodes)
+    atomic_write_text(staging / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
+    replace_dir(staging, out_dir)
+    shutil.rmtree(partial_dir(out_dir), ignore_errors=True)
 
 
 def log_to_mlflow(cfg: Config, episodes: list[Episode], summary: dict[str, Any]) -> None:

@@ -10,15 +10,22 @@ worse, load half a model); only folders with the state file count, and the other
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import shutil
 from pathlib import Path
 
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from rl2f.tasks.io import atomic_write_text
+from rl2f.tasks.io import RESUME_KEY, claim_work_dir, replace_dir
+
+__all__ = [
+    "RESUME_KEY",
+    "TRAINER_STATE",
+    "checkpoint_dir",
+    "last_complete_checkpoint",
+    "replace_dir",
+    "resumable_checkpoint",
+]
 
 log = logging.getLogger(__name__)
 
@@ -58,25 +65,6 @@ def last_complete_checkpoint(output_dir: str | Path) -> Path | None:
     return max(complete)[1] if complete else None
 
 
-def replace_dir(staging: str | Path, target: str | Path) -> None:
-    """Move a fully written ``staging`` folder to ``target``, replacing what was there.
-
-    Readers see the old folder or the new one, never a mixture; the old one is deleted only
-    after the new one is in place.
-    """
-    staging, target = Path(staging), Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    retired = target.with_name(f".{target.name}.old")
-    shutil.rmtree(retired, ignore_errors=True)
-    if target.exists():
-        target.rename(retired)
-    staging.rename(target)
-    shutil.rmtree(retired, ignore_errors=True)
-
-
-RESUME_KEY = "resume_key.txt"
-
-
 def resumable_checkpoint(output_dir: str | Path, settings: object) -> Path | None:
     """The checkpoint to resume from, only if it was written by a run with the same ``settings``.
 
@@ -85,14 +73,4 @@ def resumable_checkpoint(output_dir: str | Path, settings: object) -> Path | Non
     (a changed learning rate, new tasks) starts over instead of silently continuing an old run.
     The folder is claimed for ``settings`` before training starts.
     """
-    output_dir = Path(output_dir)
-    key = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
-    marker = output_dir / RESUME_KEY
-    recorded = marker.read_text().strip() if marker.is_file() else None
-    if output_dir.exists() and recorded != key:
-        log.warning("discarding checkpoints in %s: written with other settings", output_dir)
-        shutil.rmtree(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    if recorded != key:
-        atomic_write_text(marker, key + "\n")
-    return last_complete_checkpoint(output_dir)
+    return last_complete_checkpoint(claim_work_dir(output_dir, settings))
