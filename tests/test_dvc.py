@@ -166,15 +166,17 @@ def test_dvc_repro_killed_mid_evaluate_resumes_to_the_uninterrupted_outputs(
 ) -> None:
     """`dvc repro` SIGKILLed (with its stage) once evaluate has finished a cell: rerun, it skips
     the stages that finished, evaluate reuses its finished cells, `dvc status` is clean, and the
-    outputs are those of the uninterrupted `dvc repro` of the fixture."""
+    outputs are those of the uninterrupted `dvc repro` of the fixture. The killed run starts from
+    a copy of the fixture's finished repo with evaluate forced, so only evaluate is paid twice."""
     from training_helpers import kill_when
 
-    uninterrupted, _ = dvc_repo
+    uninterrupted, fixture_env = dvc_repo
     root = tmp_path / "repo"
-    root.mkdir()
-    env = init_dvc_repo(root)
+    shutil.copytree(uninterrupted, root, symlinks=True)
+    env = fixture_env | {"MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}"}
     scratch = root / "data" / "episodes" / "eval.partial"
-    kill_when([str(BIN / "dvc"), "repro"], root, lambda: any(scratch.glob("*/*/*.cell.json")), env)
+    forced = [str(BIN / "dvc"), "repro", "--force", "--single-item", "evaluate"]
+    kill_when(forced, root, lambda: any(scratch.glob("*/*/*.cell.json")), env)
     assert not (root / "reports" / "metrics.json").exists()
 
     rerun = _run(str(BIN / "dvc"), "repro", cwd=root, env=env)
