@@ -63,6 +63,12 @@ def train_rl2f(root: Path, model_dir: Path, processes: int, *extra: str):  # noq
     return subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=900)
 
 
+def failure(run: subprocess.CompletedProcess) -> str:
+    """The lines of a failed launch that say why (torchrun's own report is mostly noise)."""
+    lines = [line for line in run.stderr.splitlines() if "rror" in line or "rl2f " in line]
+    return "\n".join(lines[-40:]) or run.stderr[-4000:]
+
+
 def weight_shift(model_dir: Path, base_dir: Path) -> float:
     """L2 norm of (trained - base) over every parameter."""
     from transformers import AutoModelForCausalLM
@@ -99,9 +105,9 @@ def test_two_processes_train_like_one(tmp_path: Path, coin_model_dir: Path) -> N
     show up as a shift far outside the band. Per-turn credit is on (the shipped recipe): each
     process holds whole groups (tasks_per_step is a multiple of the process count)."""
     one = train_rl2f(tmp_path / "one", coin_model_dir, 1)
-    assert one.returncode == 0, one.stderr[-4000:]
+    assert one.returncode == 0, failure(one)
     two = train_rl2f(tmp_path / "two", coin_model_dir, 2)
-    assert two.returncode == 0, two.stderr[-4000:]
+    assert two.returncode == 0, failure(two)
 
     shifts = {}
     for name in ("one", "two"):

@@ -43,6 +43,7 @@ from rl2f.training.checkpoints import (
     resumable_checkpoint,
 )
 from rl2f.training.models import (
+    distributed_state,
     load_student,
     lora_config,
     model_identity,
@@ -501,11 +502,9 @@ def train(
     interruption resumes from the last complete one (when the settings are unchanged), and the
     checkpoints are deleted once the model is published.
     """
-    from accelerate import PartialState
-
     if not tasks:
         raise UserError("train: no training tasks (data/tasks/train.parquet is empty)")
-    state = PartialState()
+    state = distributed_state()
     work_dir = checkpoint_dir(spec.out_dir)
     if state.is_main_process:
         resumable_checkpoint(work_dir, run_settings(cfg, spec, tasks))
