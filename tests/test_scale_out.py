@@ -143,3 +143,35 @@ def test_per_turn_credit_refuses_groups_split_over_processes(
     assert run.returncode != 0
     assert "set train.tasks_per_step to a multiple of 2" in run.stderr, run.stderr[-3000:]
     assert not (tmp_path / "models" / "rl2f").exists()
+
+
+@pytest.mark.slow
+def test_distill_on_two_processes(tmp_path: Path, coin_model_dir: Path) -> None:
+    """The distill stage under torchrun: one published critic, one summary, one MLflow run."""
+    from test_distill import rolled_out_workspace
+
+    rolled_out_workspace(tmp_path, coin_model_dir)
+    overrides = [
+        *workspace_overrides(tmp_path, coin_model_dir),
+        "tracking.enabled=true",
+        f"tracking.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
+        "tracking.experiment=scale-out",
+    ]
+    run = subprocess.run(
+        torchrun(2, cli_command("distill", overrides)),
+        cwd=tmp_path,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert run.returncode == 0, failure(run)
+    out = tmp_path / "models" / "rl2f_critic"
+    assert (out / "config.json").exists()
+    assert json.loads((out / "distill_summary.json").read_text())["steps"] == 2
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("scale-out")
+    runs = client.search_runs([experiment.experiment_id], f"tags.`{TAG_STAGE}` = 'distill'")
+    assert len(runs) == 1
