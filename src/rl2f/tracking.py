@@ -89,6 +89,12 @@ def _mlflow(cfg: TrackingConfig):  # noqa: ANN202  (the module)
     return mlflow
 
 
+def is_main_process() -> bool:
+    """Rank 0 of a distributed launch (torchrun and ``accelerate launch`` set RANK), or a plain
+    process. Read from the environment so that tracking never has to import accelerate."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def tracking_uri(cfg: TrackingConfig) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or cfg.tracking_uri
 
@@ -140,8 +146,10 @@ def stage_run(cfg: Config, stage: str, sections: tuple[str, ...] = ()) -> Iterat
 
     Yields the ``mlflow`` module with the child run active, or None when tracking is disabled,
     so stage code reads ``if run: run.log_metric(...)`` and never needs a second code path.
+    Under torchrun or ``accelerate launch`` only rank 0 opens the run: the other ranks get None,
+    so one training stage on N processes is one MLflow run, not N.
     """
-    if not cfg.tracking.enabled:
+    if not cfg.tracking.enabled or not is_main_process():
         yield None
         return
     parent_id = find_or_create_parent(cfg, pipeline_key())

@@ -19,7 +19,7 @@ from rl2f.episodes import Episode, read_episodes
 from rl2f.errors import DataError, UserError
 from rl2f.tasks.io import atomic_write_text, read_tasks
 from rl2f.tasks.schema import SPLITS, Task, is_eval_split
-from rl2f.tracking import active, log_model
+from rl2f.tracking import active, is_main_process, log_model
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,8 @@ def run(cfg: Config) -> dict:
     summary = train_critic(cfg, examples, policy_dir)
     summary |= {"stage": "distill", "episodes": len(episodes)}
     out_dir = Path(cfg.distill.out_dir)
-    atomic_write_text(out_dir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
+    if is_main_process():  # under torchrun every rank returns here; rank 0 writes
+        atomic_write_text(out_dir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
     run_ = active()
     if run_ and cfg.tracking.log_models:
         name = "rl2f_critic" if cfg.distill.include_critiques else "rl2f_answers_only"

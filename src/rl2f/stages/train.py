@@ -3,7 +3,8 @@
 Reads ``<data.out_dir>/train.parquet`` and the base model, trains with GRPO, and writes the model
 with a ``training_summary.json`` to ``train.rl2f_dir`` or ``train.single_turn_dir``. Inside a
 tracked stage run TRL reports its scalars and our ``rollout/*`` metrics to MLflow, and the final
-model is logged as the run's ``model`` artifact.
+model is logged as the run's ``model`` artifact. Launched on several processes (torchrun,
+``accelerate launch``; docs/scale-out.md), only rank 0 writes the outputs and logs to MLflow.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Literal
 from rl2f.config import Config
 from rl2f.errors import DataError
 from rl2f.tasks.io import atomic_write_text, read_tasks
-from rl2f.tracking import active, log_model
+from rl2f.tracking import active, is_main_process, log_model
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,8 @@ def run_training(cfg: Config, which: Literal["rl2f", "single_turn"]) -> dict:
         "max_turns": spec.max_turns,
         "num_generations": spec.num_generations,
     }
-    atomic_write_text(Path(spec.out_dir) / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
+    if is_main_process():  # under torchrun every rank returns here; rank 0 writes
+        atomic_write_text(Path(spec.out_dir) / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
     if run and cfg.tracking.log_models:
         log_model(run, spec.out_dir, which, {"training": tasks_path})
     log.info("%s: %s", stage, summary)

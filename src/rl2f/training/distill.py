@@ -211,15 +211,13 @@ def build_critic_trainer(
 def train_critic(cfg: Config, examples: Sequence[Example], base_dir: str) -> dict[str, Any]:
     """Fine-tune ``base_dir`` on ``examples`` and publish the model to ``distill.out_dir``;
     resumable like the GRPO stages (checkpoints in ``<out_dir>.checkpoints``)."""
-    from accelerate import PartialState
-
     from rl2f.tracking import active
     from rl2f.training.checkpoints import (
         checkpoint_dir,
         last_complete_checkpoint,
         resumable_checkpoint,
     )
-    from rl2f.training.models import publish
+    from rl2f.training.models import distributed_state, publish
 
     d = cfg.distill
     counts = {kind: sum(e.kind == kind for e in examples) for kind in ("critique", "student")}
@@ -234,7 +232,7 @@ def train_critic(cfg: Config, examples: Sequence[Example], base_dir: str) -> dic
             f"{d.episodes_dir}: no critique examples (no critique was followed by a fix; set "
             "distill.only_followed_by_fix=false or roll out more episodes)"
         )
-    state = PartialState()
+    state = distributed_state()
     work_dir = checkpoint_dir(d.out_dir)
     if state.is_main_process:
         resumable_checkpoint(work_dir, critic_settings(cfg, examples, base_dir))

@@ -43,6 +43,7 @@ from rl2f.training.checkpoints import (
     resumable_checkpoint,
 )
 from rl2f.training.models import (
+    distributed_state,
     load_student,
     lora_config,
     model_identity,
@@ -268,9 +269,13 @@ class ConversationRollout:
         self.last_episodes = episodes
         elapsed = time.perf_counter() - started
         tokens = sum(sum(e.completion_mask) for e in episodes)
-        self.seconds += elapsed
-        self.student_tokens += tokens
-        self._log(episodes, level, elapsed, tokens)
+        step_metrics = _across_processes(
+            self._step_metrics(episodes, level, elapsed, tokens), trainer.accelerator
+        )
+        self.seconds += step_metrics["rollout/seconds"]
+        self.student_tokens += int(step_metrics["rollout/student_tokens"])
+        for key, value in step_metrics.items():
+            self._metrics[key].append(value)
         return {
             "prompt_ids": [e.prompt_ids for e in episodes],
             "completion_ids": [e.completion_ids for e in episodes],
@@ -279,24 +284,23 @@ class ConversationRollout:
             "conversation_reward": [e.reward for e in episodes],
         }
 
-    def _log(self, episodes: list[Episode], level: str, seconds: float, tokens: int) -> None:
-        metrics = self._metrics
+    def _step_metrics(
+        self, episodes: list[Episode], level: str, seconds: float, tokens: int
+    ) -> dict[str, float]:
+        """This process's rollout metrics of one step (see :func:`_across_processes`)."""
+        metrics: dict[str, float] = {}
         for turn in range(1, self.spec.max_turns + 1):
             solved = sum(e.solved_at is not None and e.solved_at <= turn for e in episodes)
-            metrics[f"rollout/acc_turn_{turn}"].append(solved / len(episodes))
-        metrics["rollout/student_turns"].append(
-            statistics.fmean(len(e.student_turns) for e in episodes)
-        )
+            metrics[f"rollout/acc_turn_{turn}"] = solved / len(episodes)
+        metrics["rollout/student_turns"] = statistics.fmean(len(e.student_turns) for e in episodes)
         teacher_turns = [t for e in episodes for t in e.teacher_turns]
-        metrics["rollout/leaks_rejected"].append(
-            float(sum(t.leaked_attempts for t in teacher_turns))
-        )
-        metrics["rollout/fallbacks"].append(float(sum(t.fell_back for t in teacher_turns)))
-        metrics["rollout/teacher_level"].append(
-            float([name for name, _ in FADING_SCHEDULE].index(level))
-        )
-        metrics["rollout/seconds"].append(seconds)
-        metrics["rollout/student_tokens"].append(float(tokens))
+        metrics["rollout/leaks_rejected"] = float(sum(t.leaked_attempts for t in teacher_turns))
+        metrics["rollout/fallbacks"] = float(sum(t.fell_back for t in teacher_turns))
+        metrics["rollout/teacher_level"] = float([name for name, _ in FADING_SCHEDULE].index(level))
+        metrics["rollout/seconds"] = seconds
+        metrics["rollout/student_tokens"] = float(tokens)
+        metrics["rollout/episodes"] = float(len(episodes))
+        return metrics
 
     def pop_metrics(self) -> dict[str, float]:
         """The mean of each rollout metric since the last call (one call per logging step)."""
@@ -308,6 +312,33 @@ class ConversationRollout:
         for teacher in self._teachers.values():
             teacher.close()
         self.settings.close()
+
+
+# Rollout metrics that add up over data-parallel processes, and the one that is a wall time;
+# the rest are means over equal-sized local batches, so their mean is the global mean.
+_SUMMED_METRICS = frozenset(
+    {"rollout/leaks_rejected", "rollout/fallbacks", "rollout/student_tokens", "rollout/episodes"}
+)
+
+
+def _across_processes(metrics: dict[str, float], accelerator: Any) -> dict[str, float]:
+    """One step's rollout metrics over all processes (every process rolls out its own share of
+    the step's conversations, and only rank 0 logs)."""
+    if accelerator.num_processes == 1:
+        return metrics
+    from accelerate.utils import gather_object
+
+    every = gather_object([metrics])
+    combined = {}
+    for key in metrics:
+        values = [m[key] for m in every]
+        if key in _SUMMED_METRICS:
+            combined[key] = float(sum(values))
+        elif key == "rollout/seconds":
+            combined[key] = max(values)  # the step waits for the slowest process
+        else:
+            combined[key] = statistics.fmean(values)
+    return combined
 
 
 def _prompt_text(prompt: Any) -> str:
@@ -342,15 +373,31 @@ def make_trainer_class(per_turn_credit: bool):  # noqa: ANN201
 
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
-            if self.accelerator.num_processes > 1:
-                # Groups can straddle processes, and each process only sees its own episodes.
-                raise UserError("train.per_turn_credit: supported on a single process only")
+            # Each process only sees its own episodes. TRL's RepeatSampler yields the G copies
+            # of a prompt consecutively and accelerate hands each process a contiguous slice of
+            # per_device_train_batch_size x steps_per_generation of that stream, so the groups
+            # are process-local exactly when that slice is a multiple of G.
+            local = self.args.per_device_train_batch_size * self.args.steps_per_generation
+            if local % self.num_generations:
+                processes = self.accelerator.num_processes
+                raise UserError(
+                    f"train.per_turn_credit: {local} conversations per process do not hold whole "
+                    f"groups of {self.num_generations}; on {processes} processes set "
+                    f"train.tasks_per_step to a multiple of {processes}"
+                )
 
         def _generate_and_score_completions(self, inputs):  # noqa: ANN001, ANN202
             output = super()._generate_and_score_completions(inputs)
             rollout: ConversationRollout = self.rollout_func
+            episodes, size = rollout.last_episodes, self.num_generations
+            for start in range(0, len(episodes), size):
+                if len({e.task_id for e in episodes[start : start + size]}) != 1:
+                    raise RuntimeError(
+                        f"per-turn credit: episodes {start}..{start + size - 1} of process "
+                        f"{self.accelerator.process_index} are not one group of one task"
+                    )
             advantages = per_turn_advantages(
-                rollout.last_episodes,
+                episodes,
                 rollout.cfg.train.credit_discount,
                 self.num_generations,
                 output["completion_ids"].shape[1],
@@ -455,11 +502,9 @@ def train(
     interruption resumes from the last complete one (when the settings are unchanged), and the
     checkpoints are deleted once the model is published.
     """
-    from accelerate import PartialState
-
     if not tasks:
         raise UserError("train: no training tasks (data/tasks/train.parquet is empty)")
-    state = PartialState()
+    state = distributed_state()
     work_dir = checkpoint_dir(spec.out_dir)
     if state.is_main_process:
         resumable_checkpoint(work_dir, run_settings(cfg, spec, tasks))

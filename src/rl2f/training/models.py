@@ -25,6 +25,16 @@ def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def distributed_state():  # noqa: ANN201
+    """accelerate's view of the launch (rank, main process, barriers). On a machine without
+    CUDA it must be asked for CPU explicitly: a plain ``PartialState()`` under torchrun there
+    reports one process, so every rank would act as the main one."""
+    import torch
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
 # ---------------------------------------------------------------- loading
 def load_tokenizer_with_template(source: str):  # noqa: ANN201
     """The student's tokenizer; multi-turn rollouts and chat SFT both need its chat template."""
