@@ -164,10 +164,10 @@ def test_dvc_resolves_the_shipped_params(tmp_path: Path) -> None:
 def test_dvc_repro_killed_mid_evaluate_resumes_to_the_uninterrupted_outputs(
     tmp_path: Path, dvc_repo: tuple[Path, dict[str, str]]
 ) -> None:
-    """`dvc repro` SIGKILLed (with its stage) once evaluate has finished a cell: rerun, it skips
-    the stages that finished, evaluate reuses its finished cells, `dvc status` is clean, and the
-    outputs are those of the uninterrupted `dvc repro` of the fixture. The killed run starts from
-    a copy of the fixture's finished repo with evaluate forced, so only evaluate is paid twice."""
+    """`dvc repro` SIGKILLed (with its stage) once evaluate has finished a cell: rerun, evaluate
+    reuses its finished cells, `dvc status` is clean, and the outputs are those of the
+    uninterrupted `dvc repro` of the fixture. Both runs start from a copy of the fixture's
+    finished repo with evaluate forced, so only evaluate is paid twice."""
     from training_helpers import kill_when
 
     uninterrupted, fixture_env = dvc_repo
@@ -179,7 +179,9 @@ def test_dvc_repro_killed_mid_evaluate_resumes_to_the_uninterrupted_outputs(
     kill_when(forced, root, lambda: any(scratch.glob("*/*/*.cell.json")), env)
     assert not (root / "reports" / "metrics.json").exists()
 
-    rerun = _run(str(BIN / "dvc"), "repro", cwd=root, env=env)
+    # Rerun forced as well: a plain `dvc repro` would check evaluate's outputs out of the DVC
+    # cache (dvc.lock still names the fixture's), which is right but skips the stage's resume.
+    rerun = _run(*forced, cwd=root, env=env)
     log = rerun.stdout + rerun.stderr
     assert "Running stage 'evaluate'" in log and "Running stage 'train_rl2f'" not in log
     assert "finished cell(s)" in log
