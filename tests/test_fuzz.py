@@ -37,9 +37,12 @@ CI_PROFILE = (REPO / "profiles" / "ci.yaml").read_bytes()
 RL2F = Path(sys.executable).parent / "rl2f"
 
 # Modest counts: the whole file runs in seconds. Each test writes into one folder it reuses,
-# so the function-scoped tmp_path is fine across examples.
+# so the function-scoped tmp_path is fine across examples. The same examples every run, so CI
+# is reproducible (a random draw once found non-UTF-8 Parquet strings only some runs met);
+# RL2F_FUZZ_EXPLORE=1 draws fresh ones to look for new failures.
 FUZZ = settings(
     max_examples=60,
+    derandomize=not os.environ.get("RL2F_FUZZ_EXPLORE"),
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )

@@ -1,5 +1,7 @@
 """Errors that reach the user as one line: what was wrong and where (file, row, field)."""
 
+import json
+
 
 class UserError(Exception):
     """Bad input or environment the user can fix; the CLI prints it without a traceback."""
@@ -39,3 +41,17 @@ def decode_utf8(data: bytes, where: str, error: type[Exception] = DataError) -> 
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
         raise error(f"{where} line {line}: not UTF-8 text (byte 0x{data[exc.start]:02x})") from None
+
+
+def parse_json_object(text: str, what: str) -> dict:
+    """``text`` as a JSON object; anything else raises one :class:`DataError` line that starts
+    with ``what`` (the file, row and field it came from)."""
+    try:
+        parsed = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{what} is not valid JSON ({exc.msg})") from None
+    except RecursionError:
+        raise DataError(f"{what} is nested too deeply") from None
+    if not isinstance(parsed, dict):
+        raise DataError(f"{what} must be a JSON object")
+    return parsed

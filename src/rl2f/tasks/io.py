@@ -14,8 +14,9 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import pandas as pd
+import pyarrow.parquet as pq
 
-from rl2f.errors import DataError, one_line
+from rl2f.errors import DataError, one_line, parse_json_object
 from rl2f.tasks.schema import COLUMNS, Task
 
 log = logging.getLogger(__name__)
@@ -146,7 +147,11 @@ def read_task_frame(path: str | os.PathLike[str]) -> pd.DataFrame:
     if not path.is_file():  # pandas would read a directory as a partitioned dataset
         raise DataError(f"{path}: not a regular file")
     try:
-        frame = pd.read_parquet(path)
+        table = pq.read_table(path)
+        # Strings are decoded lazily: without a full check, bytes that are not UTF-8 surface as
+        # a UnicodeDecodeError wherever a cell is first read, far from the file's name.
+        table.validate(full=True)
+        frame = table.to_pandas()
     except Exception as exc:  # pyarrow raises several types for a corrupt file
         raise DataError(f"{path}: not a readable Parquet file ({one_line(exc)})") from None
     missing = [c for c in COLUMNS if c not in frame.columns]
@@ -160,40 +165,34 @@ TEXT_COLUMNS = ("id", "domain", "source", "split", "prompt", "answer", "verifier
 JSON_COLUMNS = ("verifier_config", "metadata")
 
 
-def check_task_row(row: dict, where: str) -> None:
-    """Catch a wrongly typed cell before ``Task.from_row`` turns it into the text ``None`` or
-    a list where the rest of the pipeline expects a mapping."""
+def checked_task_row(row: dict, where: str) -> dict:
+    """``row`` with its JSON cells parsed, after catching a wrongly typed cell that
+    ``Task.from_row`` would turn into the text ``None`` or a list where the rest of the
+    pipeline expects a mapping."""
     for column in TEXT_COLUMNS:
         value = row[column]
         if not isinstance(value, str) or not value:
             raise DataError(
                 f"{where}: column {column!r} must be non-empty text (got {value!r:.40})"
             )
+    parsed = dict(row)
     for column in JSON_COLUMNS:
         value = row[column]
         if value is None or isinstance(value, dict):
             continue
         if not isinstance(value, str):  # e.g. a list column, read back as an array
             raise DataError(f"{where}: column {column!r} must be a JSON object")
-        if not value:
-            continue
-        try:
-            parsed = json.loads(value)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{where}: column {column!r} is not valid JSON ({exc.msg})") from None
-        except RecursionError:
-            raise DataError(f"{where}: column {column!r} is nested too deeply") from None
-        if not isinstance(parsed, dict):
-            raise DataError(f"{where}: column {column!r} must be a JSON object")
+        parsed[column] = parse_json_object(value, f"{where}: column {column!r}") if value else {}
+    return parsed
 
 
 def read_tasks(path: str | os.PathLike[str]) -> list[Task]:
     frame = read_task_frame(path)
     tasks = []
     for index, row in enumerate(frame.to_dict(orient="records")):
-        check_task_row(row, f"{path}: row {index}")
+        checked = checked_task_row(row, f"{path}: row {index}")
         try:
-            tasks.append(Task.from_row(row))
+            tasks.append(Task.from_row(checked))
         except (KeyError, ValueError, TypeError) as exc:
             raise DataError(f"{path}: row {index}: {one_line(exc)}") from None
     return tasks

@@ -255,7 +255,7 @@ class OracleTeacher:
         return [self.critique_one(request) for request in requests]
 
     def close(self) -> None:
-        pass
+        """Nothing to release: the oracle's critiques are rules, it holds no engine."""
 
     def engine_stats(self) -> dict[str, int]:
         return {}

@@ -22,7 +22,7 @@ class RetryTeacher:
         return [self.message for _ in requests]
 
     def close(self) -> None:
-        pass
+        """Nothing to release: the retry message is fixed text."""
 
     def engine_stats(self) -> dict[str, int]:
         return {}

@@ -18,7 +18,7 @@ import pandas as pd
 from pyarrow import ArrowException
 
 from rl2f.config import SourceConfig
-from rl2f.errors import DataError, UserError, decode_utf8, one_line
+from rl2f.errors import DataError, UserError, decode_utf8, one_line, parse_json_object
 from rl2f.tasks.schema import DOMAINS, Task
 from rl2f.tasks.sources import subset_indices
 
@@ -111,17 +111,7 @@ def cell_object(value: Any, where: str, row: int, field: str) -> dict[str, Any]:
     text = cell_text(value)
     if text is None:
         return {}
-    try:
-        parsed = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise DataError(
-            f"{where}: row {row}: field {field!r} is not valid JSON ({exc.msg})"
-        ) from None
-    except RecursionError:
-        raise DataError(f"{where}: row {row}: field {field!r} is nested too deeply") from None
-    if not isinstance(parsed, dict):
-        raise DataError(f"{where}: row {row}: field {field!r} must be a JSON object")
-    return parsed
+    return parse_json_object(text, f"{where}: row {row}: field {field!r}")
 
 
 def record_to_task(
@@ -254,8 +244,8 @@ def read_rows(path: Path) -> tuple[list[Row], list[str]]:
         return reader(path)
     except DataError:
         raise
-    # pandas/pyarrow parse errors, bad encodings; Arrow also raises its own NotImplementedError
-    # and TypeError subclasses for unsupported or inconsistent column types.
+    # pandas/pyarrow parse errors and bad encodings; Arrow's errors for unsupported or
+    # inconsistent column types (ArrowNotImplementedError, ArrowTypeError) are ArrowExceptions.
     except (OSError, ValueError, ArrowException, RecursionError) as exc:
         raise DataError(f"{path}: cannot read as {path.suffix[1:]} ({one_line(exc)})") from None
 

@@ -86,7 +86,7 @@ class _Sink:
         return len(text)
 
     def flush(self):
-        pass
+        return None  # nothing is buffered: everything written is discarded
 
 
 def _brief_repr(value):
