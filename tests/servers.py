@@ -32,6 +32,16 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def stop_process(proc: subprocess.Popen, timeout_s: float = 15) -> None:
+    """Terminate a server process, killing it if it does not exit in time."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def wait_http(url: str, timeout_s: float, proc: subprocess.Popen) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -93,8 +103,7 @@ def s3_server(root: Path) -> Iterator[S3Server]:
         wait_http(f"http://127.0.0.1:{port}/", 20, proc)
         yield S3Server(endpoint=f"http://127.0.0.1:{port}", root=root)
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        stop_process(proc, 10)
 
 
 @contextmanager
@@ -126,11 +135,7 @@ def mlflow_server(workdir: Path, artifacts_destination: str, env: dict[str, str]
         wait_http(f"http://127.0.0.1:{port}/health", 90, proc)
         yield f"http://127.0.0.1:{port}"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc)
         log.close()
 
 

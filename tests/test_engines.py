@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import requests
 import torch
+from servers import stop_process
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from rl2f.config import EngineConfig, SamplingConfig, TinyModelConfig
@@ -824,12 +825,7 @@ def transformers_server(tiny_model_dir: Path, tmp_path_factory) -> Iterator[str]
             time.sleep(0.5)
         yield f"{base}/v1"
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, 20)
 
 
 @pytest.mark.slow

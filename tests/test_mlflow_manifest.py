@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from servers import free_port, wait_http
+from servers import free_port, stop_process, wait_http
 
 REPO = Path(__file__).resolve().parents[1]
 IN_CLUSTER_HOST = "rl2f-mlflow.rl2f.svc.cluster.local:5000"
@@ -68,11 +68,7 @@ def _server(tmp: Path, drop_allowed_hosts: bool = False) -> Iterator[int]:
         wait_http(f"http://127.0.0.1:{port}/health", 120, proc)
         yield port
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc)
         log.close()
 
 
