@@ -88,7 +88,9 @@ def lora_config(cfg: Config):  # noqa: ANN201
 
 def model_identity(source: str) -> dict[str, Any]:
     """Enough to tell one base model from another without hashing gigabytes: a local folder's
-    file names and sizes plus its config, or the hub id."""
+    file names and sizes plus its config, or the hub id. No modification times (unlike
+    :func:`rl2f.tasks.io.folder_identity`): a retried cluster step downloads the same base
+    anew, and its training checkpoints must still resume."""
     path = Path(source)
     if not path.is_dir():
         return {"hub_id": source}
