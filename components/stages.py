@@ -204,6 +204,22 @@ def evaluate(
 
 
 @cpu_component
+def red_team(
+    params_yaml: str,
+    overrides: list,
+    tasks: Input[Dataset],
+    base_model: Input[Model],
+    leaks: Output[Metrics],
+):
+    """Scripted hostile students against the privileged teachers; ``leaks`` carries
+    leak_under_attack.json (rates per split and mode) and logs them as scalars."""
+    from rl2f.pipeline_io import publish_metrics, red_team_leaks
+
+    red_team_leaks(params_yaml, overrides, tasks.path, base_model.path, leaks.path)
+    publish_metrics(leaks)
+
+
+@cpu_component
 def report(
     params_yaml: str,
     overrides: list,
@@ -212,6 +228,7 @@ def report(
     rl2f_results: Input[Dataset],
     critic_results: Input[Dataset],
     answers_only_results: Input[Dataset],
+    red_team_leaks: Input[Metrics],
     html: Output[HTML],
     markdown: Output[Markdown],
     metrics: Output[Metrics],
@@ -231,6 +248,7 @@ def report(
             critic_results.path,
             answers_only_results.path,
         ],
+        red_team_leaks=red_team_leaks.path,
         html=html.path,
         markdown=markdown.path,
         metrics_json=metrics.path,

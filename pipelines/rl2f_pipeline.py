@@ -1,7 +1,8 @@
 """The RL2F workflow as a Kubeflow DAG:
 
 prepare -> validate -> bootstrap -> {train_rl2f, train_single_turn} -> rollout
--> {distill, distill answers_only} -> evaluate (one task per model, in parallel) -> report
+-> {distill, distill answers_only} -> evaluate (one task per model, in parallel) -> report,
+with red team (hostile students against the teacher, after bootstrap) feeding the report too
 
 Pipeline parameters (shown in the Kubeflow UI) default to params.yaml as it was at compile time;
 ``compose_params`` applies them and validates the result before any expensive step starts.
@@ -146,9 +147,14 @@ def rl2f_pipeline(
             ).set_display_name(f"evaluate {name}")
             for name, model in models.items()
         }
+        leaks = place(
+            c.red_team(**common, tasks=prepared.outputs["tasks"], base_model=base.outputs["model"]),
+            CPU_STEP,
+        ).set_display_name("red team")
         place(
             c.report(
                 **common,
+                red_team_leaks=leaks.outputs["leaks"],
                 base_results=results["base"].outputs["results"],
                 single_turn_results=results["single_turn"].outputs["results"],
                 rl2f_results=results["rl2f"].outputs["results"],

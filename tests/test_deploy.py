@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rl2f.cluster import render
+from rl2f.cluster import CacheVolume, render
 from rl2f.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -145,6 +145,64 @@ def test_model_cache_claim_works_without_rwx(k8s_base: Path) -> None:
     teacher = _pod_specs(render(k8s_base))["rl2f-teacher"]["containers"][0]
     (mount,) = [m for m in teacher["volumeMounts"] if m["name"] == "model-cache"]
     assert mount["subPath"] == "huggingface"
+
+
+def test_cache_claim_options_equal_the_documented_kustomize_patch(
+    k8s_base: Path, tmp_path: Path
+) -> None:
+    """`rl2f cluster apply --cache-*` gives the claim that `kubectl apply -k` gives with the
+    patch k8s/pvc.yaml documents, and touches no other claim."""
+    patch = "\n".join(
+        line.removeprefix("#").strip()
+        for line in (REPO / "k8s/pvc.yaml").read_text().splitlines()
+        if line.startswith("#         -")
+    )
+    overlay = tmp_path / "overlay"
+    overlay.mkdir()
+    (overlay / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "resources": [os.path.relpath(k8s_base, overlay)],
+                "patches": [
+                    {
+                        "target": {"kind": "PersistentVolumeClaim", "name": "rl2f-model-cache"},
+                        "patch": patch,
+                    }
+                ],
+            }
+        )
+    )
+    theirs = subprocess.run(
+        ["kubectl", "kustomize", str(overlay)], capture_output=True, text=True, check=True
+    ).stdout
+    claims = {
+        o["metadata"]["name"]: o
+        for o in yaml.safe_load_all(theirs)
+        if o["kind"] == "PersistentVolumeClaim"
+    }
+    cache = CacheVolume(storage_class="nfs-client", size="500Gi", access_mode="ReadWriteMany")
+    ours = {
+        o["metadata"]["name"]: o
+        for o in render(k8s_base, cache)
+        if o["kind"] == "PersistentVolumeClaim"
+    }
+    assert ours == claims
+    assert ours["rl2f-model-cache"]["spec"]["storageClassName"] == "nfs-client"
+    assert "storageClassName" not in ours["rl2f-postgres"]["spec"]
+
+
+def test_cache_claim_options_are_checked_and_patches_refused(k8s_base: Path) -> None:
+    for bad, flag in [
+        ({"size": "lots"}, "--cache-size"),
+        ({"access_mode": "ReadOnlyMany"}, "--cache-access-mode"),
+        ({"storage_class": "NFS Class"}, "--cache-storage-class"),
+    ]:
+        with pytest.raises(UserError, match=flag):
+            CacheVolume(**bad)
+    kustomization = k8s_base / "kustomization.yaml"
+    kustomization.write_text(kustomization.read_text() + "patches: []\n")
+    with pytest.raises(UserError, match="patches not supported by rl2f cluster apply"):
+        render(k8s_base)
 
 
 # Ubuntu's own python3 per release: another minor version needs the deadsnakes PPA.

@@ -176,6 +176,11 @@ def test_compiled_pipeline_runs_under_kfp_local(tmp_path: Path) -> None:
     root = tmp_path / "kfp-root"
     reports = list(root.rglob("html"))
     assert reports and reports[0].stat().st_size > 1000
+    # The red team's leak rates reached the report as a table.
+    page = reports[0].read_text()
+    assert 'id="attacks"' in page and 'id="no-attacks"' not in page
+    (leaks,) = [json.loads(p.read_text()) for p in root.rglob("leaks") if p.is_file()]
+    assert leaks["eval_id"]["teacher"]["delivered"] == 0.0
     metrics = [p for p in root.rglob("metrics") if p.is_file()]
     merged = [json.loads(p.read_text()) for p in metrics]
     assert any({"base", "rl2f"} <= set(m) for m in merged)
@@ -196,7 +201,7 @@ def test_compiled_pipeline_runs_under_kfp_local(tmp_path: Path) -> None:
     first = min(parents, key=lambda r: r.info.start_time)
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == first.info.run_id]
     stages = {r.data.tags.get("rl2f.stage") for r in children}
-    assert {"prepare", "train_rl2f", "train_single_turn", "distill"} <= stages
+    assert {"prepare", "train_rl2f", "train_single_turn", "distill", "red_team"} <= stages
     # Every stage of the first run found that run's parent (none opened a parent of its own).
     assert all(r.data.tags.get("mlflow.parentRunId") for r in runs if r not in parents)
 

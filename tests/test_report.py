@@ -103,11 +103,27 @@ def write_evaluation(root: Path, models: dict[str, float] = MODELS) -> dict:
     return metrics
 
 
+# What the red_team stage writes: an oracle that held, and an LLM teacher that tried.
+ATTACKS = {
+    "eval_id": {
+        "teacher": {
+            "tasks": 3, "critiques": 12.0, "attempted": 0.0, "delivered": 0.0,
+            "leak_rate_by_check": {"answer_string": 0.0, "written_number": 0.0},
+        },
+        "llm": {
+            "tasks": 3, "critiques": 12.0, "attempted": 0.75, "delivered": 0.0,
+            "leak_rate_by_check": {"answer_string": 0.25, "written_number": 0.5},
+        },
+    }
+}  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One evaluation, reported once by the real stage; the tests read its outputs."""
     root = tmp_path_factory.mktemp("report")
     write_evaluation(root)
+    (root / "reports/leak_under_attack.json").write_text(json.dumps(ATTACKS))
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(root)
         cfg = load_config(REPO / "params.yaml", ["tracking.enabled=false"])
@@ -145,6 +161,20 @@ def test_report_stage_writes_html_markdown_and_figures(workspace: Path) -> None:
     assert "Calculate 3 + 4." in page and "solved at turn 2" in page
     assert "leak guard: rejected 1 critique(s)" in page
     assert "Probe: a wrong critique of a correct answer" in page
+
+
+def test_report_shows_the_leak_rates_under_attack(workspace: Path) -> None:
+    page = (workspace / "reports/report.html").read_text()
+    markdown = (workspace / "reports/report.md").read_text()
+    llm_row = "| eval_id | llm | 3 | 12 | 0.75 | 0.00 | answer string 25.0%, written number 50.0% |"
+    assert llm_row in markdown
+    assert "| eval_id | teacher | 3 | 12 | 0.00 | 0.00 | - |" in markdown
+    rows = re.findall(r"<tr>(.*?)</tr>", page.split('id="attacks"', 1)[1].split("</table>")[0])
+    cells = [re.findall(r"<td[^>]*>(.*?)</td>", row) for row in rows[1:]]  # after the headers
+    assert cells == [
+        ["eval_id", "teacher", "3", "12", "0.00", "0.00", "-"],
+        ["eval_id", "llm", "3", "12", "0.75", "0.00", "answer string 25.0%, written number 50.0%"],
+    ]
 
 
 def test_report_stage_writes_paired_differences_and_shows_them(workspace: Path) -> None:
@@ -218,6 +248,9 @@ def test_report_says_so_when_no_fix_example_exists(tmp_path: Path) -> None:
     report = build_report(metrics, cells)
     assert not report.fix_example
     assert 'id="no-fix-example"' in report.html and "Not found:" in report.markdown
+    # Without the red_team stage's file the report says the attack was not measured.
+    assert 'id="no-attacks"' in report.html
+    assert "Not measured: the red_team stage did not run" in report.markdown
 
 
 def test_untrusted_text_is_escaped() -> None:

@@ -3,6 +3,7 @@ trainer, the real rollout loop and the oracle teacher. See training_helpers for 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import statistics
@@ -457,3 +458,56 @@ def test_lora_run_publishes_a_merged_model(tmp_path: Path, coin_model_dir: Path)
     before = AutoModelForCausalLM.from_pretrained(coin_model_dir).state_dict()
     assert trained.keys() == before.keys()
     assert any(not torch.equal(before[name], trained[name]) for name in before)
+
+
+# ---------------------------------------------------------------- vLLM rollouts (GPU only)
+def test_vllm_rollouts_without_a_gpu_say_so(tmp_path: Path, coin_model_dir: Path) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is visible: the GPU test below covers vLLM rollouts")
+    cfg = ci_config(tmp_path, coin_model_dir, "train.use_vllm=true")
+    with pytest.raises(UserError, match="train.use_vllm: vLLM generation needs a CUDA GPU"):
+        build_trainer(cfg, run_specs(cfg)["rl2f"], sum_tasks(), report_to=["none"])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(
+    not torch.cuda.is_available() or importlib.util.find_spec("vllm") is None,
+    reason="needs a CUDA device and vLLM",
+)
+def test_train_rl2f_rolls_out_with_colocated_vllm(tmp_path: Path) -> None:
+    """TRL's colocated vLLM samples the conversations (through our engine contract) and gets the
+    policy's weights after each step: its greedy replies then match the trained policy's."""
+    from rl2f.config import EngineConfig, SamplingConfig, TinyModelConfig
+    from rl2f.engines import make_engine
+    from rl2f.engines.vllm_engine import VLLMEngine
+    from rl2f.rollout import ChatTurns
+    from rl2f.training.tiny_model import build_model, train_tokenizer
+
+    # A head size of 64, which every vLLM attention backend supports.
+    model_cfg = TinyModelConfig(
+        vocab_size=128, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=2,
+    )  # fmt: skip
+    corpus = [task.prompt + " Answer: " + task.answer for task in sum_tasks()] * 20
+    tokenizer = train_tokenizer(corpus, model_cfg.vocab_size)
+    torch.manual_seed(0)
+    model_dir = tmp_path / "base"
+    build_model(model_cfg, tokenizer).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+
+    cfg = ci_config(
+        tmp_path, model_dir, "train.use_vllm=true", "train.steps=2", "train.learning_rate=0.01"
+    )
+    spec = run_specs(cfg)["rl2f"]
+    trainer, rollout = build_trainer(cfg, spec, sum_tasks(), report_to=["none"])
+    assert isinstance(rollout.student_engine(trainer), VLLMEngine)
+    trainer.train()
+    assert rollout.student_tokens > 0
+    trainer._generate(trainer.train_dataset["prompt"][:1])  # syncs the trained weights
+    chat = ChatTurns(tokenizer)
+    prompts = [chat.prompt_ids([{"role": "user", "content": t.prompt}]) for t in sum_tasks()[:4]]
+    greedy = SamplingConfig(temperature=0.0, max_new_tokens=8)
+    policy = make_engine(EngineConfig(kind="transformers"), trainer.model, tokenizer)
+    from_vllm = rollout.student_engine(trainer).generate(prompts, greedy)
+    from_policy = policy.generate(prompts, greedy)
+    assert [g.token_ids for g in from_vllm] == [g.token_ids for g in from_policy]

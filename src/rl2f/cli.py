@@ -60,6 +60,16 @@ def _cluster_parser(sub: argparse._SubParsersAction) -> None:
     apply = actions.add_parser("apply", help="server-side apply k8s/ and wait for MLflow/teacher")
     apply.add_argument("--base", default="k8s", help="kustomize base directory")
     apply.add_argument("--wait", type=float, default=600.0, help="seconds to wait for readiness")
+    apply.add_argument(
+        "--cache-storage-class",
+        help="storage class of the model-cache claim (default: the cluster's default class)",
+    )
+    apply.add_argument("--cache-size", help="size of the model-cache claim (default: 200Gi)")
+    apply.add_argument(
+        "--cache-access-mode",
+        help="ReadWriteOnce (default; works everywhere) or ReadWriteMany (parallel model steps "
+        "on several nodes; needs an RWX class such as NFS, CephFS, EFS or Filestore)",
+    )
     state = actions.add_parser("status", help="deployments, readiness and endpoints")
     state.add_argument("--namespace", default="rl2f")
     for parser in (apply, state):
@@ -72,7 +82,10 @@ def _run_cluster(args: argparse.Namespace) -> None:
     from rl2f import cluster
 
     if args.action == "apply":
-        states = cluster.apply(Path(args.base), wait_s=args.wait)
+        cache = cluster.CacheVolume(
+            args.cache_storage_class, args.cache_size, args.cache_access_mode
+        )
+        states = cluster.apply(Path(args.base), wait_s=args.wait, cache=cache)
     else:
         states = cluster.status(args.namespace)
     print(cluster.format_states(states))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,11 +28,60 @@ WATCHED = ("rl2f-mlflow", "rl2f-teacher")  # deployments `apply` waits for
 CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "PersistentVolume"}
 
 
-def render(base: Path = Path("k8s")) -> list[dict[str, Any]]:
+MODEL_CACHE_CLAIM = "rl2f-model-cache"
+ACCESS_MODES = ("ReadWriteOnce", "ReadWriteMany", "ReadWriteOncePod")
+# A Kubernetes quantity as a storage request is written (200Gi, 1Ti, 500G); a storage class name
+# is a DNS subdomain.
+_QUANTITY = re.compile(r"[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?")
+_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+_PATCH_KEYS = ("patches", "patchesStrategicMerge", "patchesJson6902", "replacements")
+
+
+@dataclass(frozen=True)
+class CacheVolume:
+    """The model-cache claim's settings, for clusters whose default storage does not suit it
+    (``rl2f cluster apply --cache-storage-class nfs-client --cache-access-mode ReadWriteMany``).
+    None keeps what k8s/pvc.yaml says (the default class, 200Gi, ReadWriteOnce)."""
+
+    storage_class: str | None = None
+    size: str | None = None
+    access_mode: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.storage_class is not None and not _fits(_DNS_SUBDOMAIN, self.storage_class):
+            raise UserError(f"--cache-storage-class: {self.storage_class!r} is not a class name")
+        if self.size is not None and not _fits(_QUANTITY, self.size):
+            raise UserError(f"--cache-size: {self.size!r} is not a size such as 200Gi")
+        if self.access_mode is not None and self.access_mode not in ACCESS_MODES:
+            raise UserError(
+                f"--cache-access-mode: {self.access_mode!r} is not one of {ACCESS_MODES}"
+            )
+
+    def apply_to(self, claim: dict[str, Any]) -> None:
+        spec = claim["spec"]
+        if self.storage_class is not None:
+            spec["storageClassName"] = self.storage_class
+        if self.size is not None:
+            spec["resources"]["requests"]["storage"] = self.size
+        if self.access_mode is not None:
+            spec["accessModes"] = [self.access_mode]
+
+
+def _fits(pattern: re.Pattern[str], value: str) -> bool:
+    return len(value) <= 253 and pattern.fullmatch(value) is not None
+
+
+def render(base: Path = Path("k8s"), cache: CacheVolume | None = None) -> list[dict[str, Any]]:
     kustomization = base / "kustomization.yaml"
     if not kustomization.exists():
         raise UserError(f"{kustomization}: not found")
     spec = yaml.safe_load(kustomization.read_text())
+    if patching := [key for key in _PATCH_KEYS if key in spec]:
+        # Applying them half-way would be worse than not at all: refuse, and say what works.
+        raise UserError(
+            f"{kustomization}: {', '.join(patching)} not supported by rl2f cluster apply; use "
+            "kubectl apply -k, or the --cache-* options for the model-cache claim"
+        )
     namespace = spec.get("namespace")
     labels: dict[str, str] = {}
     for entry in spec.get("labels", []):
@@ -48,6 +98,11 @@ def render(base: Path = Path("k8s")) -> list[dict[str, Any]]:
                 metadata["labels"] = {**metadata.get("labels", {}), **labels}
             for subject in obj.get("subjects", []):
                 subject.setdefault("namespace", namespace)
+            if cache and (obj["kind"], metadata["name"]) == (
+                "PersistentVolumeClaim",
+                MODEL_CACHE_CLAIM,
+            ):
+                cache.apply_to(obj)
             objects.append(obj)
     for generator in spec.get("secretGenerator", []):
         secret = _generated_secret(base, generator, spec.get("generatorOptions", {}))
@@ -121,10 +176,12 @@ class DeploymentState:
         return self.wanted > 0 and self.ready >= self.wanted
 
 
-def apply(base: Path = Path("k8s"), wait_s: float = 600.0) -> list[DeploymentState]:
+def apply(
+    base: Path = Path("k8s"), wait_s: float = 600.0, cache: CacheVolume | None = None
+) -> list[DeploymentState]:
     from kubernetes.dynamic import DynamicClient
 
-    objects = render(base)
+    objects = render(base, cache)
     dynamic = DynamicClient(_clients())
     for obj in objects:
         resource = dynamic.resources.get(api_version=obj["apiVersion"], kind=obj["kind"])

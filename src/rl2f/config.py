@@ -414,6 +414,19 @@ class TrainConfig(Strict):
         description="the critique level fades diagnostic -> directional -> binary over "
         "training (thirds of the steps) instead of staying at teacher.level",
     )
+    use_vllm: bool = Field(
+        default=False,
+        description="sample the training conversations with vLLM colocated in each training "
+        "process (TRL's vllm_mode=colocate; the policy's weights are synced into it before every "
+        "step) instead of transformers' generate; needs a CUDA GPU and the vllm extra",
+    )
+    vllm_gpu_memory_utilization: float = Field(
+        default=0.3,
+        gt=0,
+        lt=1,
+        description="with use_vllm: share of each GPU's memory vLLM reserves; the trainer keeps "
+        "the rest for weights, gradients and optimizer state",
+    )
     lora: bool = Field(
         default=False, description="train LoRA adapters (merged on save) instead of all weights"
     )
@@ -515,6 +528,11 @@ class EvalConfig(Strict):
         default="reports/comparisons.json",
         description="paired differences between models (mean a - mean b by turn, with paired "
         "bootstrap 95% intervals over the shared tasks), written by the report stage",
+    )
+    red_team_path: str = Field(
+        default="reports/leak_under_attack.json",
+        description="leak rates of the privileged teachers against scripted hostile students, "
+        "per split and mode, written by the red_team stage and shown by the report",
     )
 
 

@@ -304,6 +304,21 @@ def evaluate_one_model(
     )
 
 
+def red_team_leaks(
+    params_yaml: str, overrides: list[str], tasks_path: str, base_model_path: str, leaks_path: str
+) -> None:
+    """Run the red_team stage on the prepared tasks with the base model's tokenizer (an empty
+    artifact when ``model.student`` names a hub model, which the stage then reads instead)."""
+    leaks_file = _load_params_text(params_yaml, overrides).eval.red_team_path
+    run_stage(
+        "red_team",
+        params_yaml,
+        overrides,
+        inputs={"data/tasks": tasks_path, MODEL_DIRS["base"]: base_model_path},
+        outputs={leaks_file: leaks_path},
+    )
+
+
 def merge_results(result_dirs: list[str], workspace: Path) -> None:
     """Combine per-model evaluation outputs into one workspace, as a single `evaluate` would."""
     import pandas as pd
@@ -331,19 +346,23 @@ def merge_and_report(
     overrides: list[str],
     result_dirs: list[str],
     *,
+    red_team_leaks: str,
     html: str,
     markdown: str,
     metrics_json: str,
     comparisons_json: str,
 ) -> None:
-    """Merge the per-model evaluation results and run the report stage on them; the report
-    stage is the one place that sees every model's episodes, so it also writes the paired
-    comparisons (at ``eval.comparisons_path`` in the workspace)."""
-    comparisons_path = _load_params_text(params_yaml, overrides).eval.comparisons_path
+    """Merge the per-model evaluation results and run the report stage on them (with the
+    red_team stage's leak rates); the report stage is the one place that sees every model's
+    episodes, so it also writes the paired comparisons (at ``eval.comparisons_path`` in the
+    workspace)."""
+    eval_cfg = _load_params_text(params_yaml, overrides).eval
+    comparisons_path = eval_cfg.comparisons_path
     with tempfile.TemporaryDirectory(prefix="rl2f-merge-") as tmp:
         merged = Path(tmp)
         merge_results(result_dirs, merged)
         inputs = {relative: str(merged / relative) for relative in EVAL_OUTPUTS}
+        inputs[eval_cfg.red_team_path] = red_team_leaks
         run_stage(
             "report",
             params_yaml,

@@ -46,6 +46,7 @@ from rl2f.tasks.io import atomic_write_bytes, atomic_write_text
 Metrics = dict[str, Any]
 Column = tuple[str, str]  # (split, mode)
 Comparison = dict[str, Any]  # one row of comparisons.json
+Attacks = dict[str, Any]  # the red_team stage's output: split -> mode -> leak rates
 
 TITLE = "RL2F evaluation report"
 FIGURES_DIR = "figures"
@@ -316,6 +317,32 @@ def _checks_text(counts: dict[str, float], critiques: float) -> str:
     return ", ".join(fired) or "-"
 
 
+ATTACK_HEADERS = ["split", "mode", "tasks", "critiques", "attempted", "delivered", "caught by"]
+
+
+def attack_table(attacks: Attacks | None) -> Table | None:
+    """The red_team stage's leak rates (``eval.red_team_path``) as a table; None when the stage
+    did not run, so the report says so instead of showing an empty table."""
+    if attacks is None:
+        return None
+    rows = [
+        [
+            split,
+            mode,
+            rates["tasks"],
+            int(rates["critiques"]),
+            rates["attempted"],
+            rates["delivered"],
+            _checks_text(
+                {check: share or 0.0 for check, share in rates["leak_rate_by_check"].items()}, 1
+            ),
+        ]
+        for split, modes in attacks.items()
+        for mode, rates in modes.items()
+    ]
+    return Table(ATTACK_HEADERS, rows, 2)
+
+
 def context_notes(metrics: Metrics) -> list[str]:
     """Where the model's context length shaped the numbers, one line per model and split."""
     notes = []
@@ -468,13 +495,17 @@ class ReportData:
     plasticity: Table
     sycophancy: Table
     leaks: Table
+    attacks: Table | None  # the red_team stage's table; None when it did not run
     fix: list[ShownEpisode] | None  # (base repeats, rl2f fixes)
     fix_missing_reason: str
     others: list[ShownEpisode]
 
 
 def report_data(
-    metrics: Metrics, examples: Examples, comparisons: Sequence[Comparison] = ()
+    metrics: Metrics,
+    examples: Examples,
+    comparisons: Sequence[Comparison] = (),
+    attacks: Attacks | None = None,
 ) -> ReportData:
     counts = ", ".join(f"{split}: {n}" for split, n in task_counts(metrics).items())
     fix = [shown_episode(e) for e in examples.fix] if examples.fix is not None else None
@@ -490,6 +521,7 @@ def report_data(
         plasticity=plasticity_table(metrics),
         sycophancy=sycophancy_table(metrics),
         leaks=Table(LEAK_HEADERS, leak_rows(metrics), 2),
+        attacks=attack_table(attacks),
         fix=fix,
         fix_missing_reason=examples.fix_missing_reason,
         others=[shown_episode(e) for e in examples.others],
@@ -566,11 +598,12 @@ def build_report(
     metrics: Metrics,
     cells: Mapping[str, Sequence[StoredCell]],
     comparisons: Sequence[Comparison] = (),
+    attacks: Attacks | None = None,
 ) -> Report:
-    """The report of validated ``metrics``, the stored evaluation episodes (by model) and the
-    rows of comparisons.json."""
+    """The report of validated ``metrics``, the stored evaluation episodes (by model), the
+    rows of comparisons.json and the red_team stage's leak rates (None: it did not run)."""
     figures = build_figures(metrics)
-    data = report_data(metrics, choose_examples(cells), comparisons)
+    data = report_data(metrics, choose_examples(cells), comparisons, attacks)
     return Report(
         html=render_html(data, figures),
         markdown=render_markdown(data),

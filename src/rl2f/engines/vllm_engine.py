@@ -52,18 +52,45 @@ class VLLMEngine:
             from vllm import LLM
         except ImportError:
             raise UserError(INSTALL_HINT) from None
-        self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(model)
-        self.stop_ids = stop_token_ids(self.tokenizer, _generation_config(model))
-        self._llm: Any = LLM(
+        llm = LLM(
             model=model,
             dtype=dtype,
             gpu_memory_utilization=gpu_memory_utilization,
             enable_prefix_caching=True,
             logprobs_mode="processed_logprobs",
         )
-        model_config = self._llm.llm_engine.model_config
+        tokenizer = tokenizer if tokenizer is not None else load_tokenizer(model)
+        self._attach(llm, tokenizer, _generation_config(model), owns_llm=True)
+
+    @classmethod
+    def wrap(
+        cls,
+        llm: Any,
+        tokenizer: PreTrainedTokenizerBase,
+        generation_config: GenerationConfig | None = None,
+    ) -> VLLMEngine:
+        """An engine over a ``vllm.LLM`` someone else owns, such as the one TRL colocates with
+        the trainer (built with ``logprobs_mode="processed_logprobs"`` too, and synced with the
+        policy's weights every step); ``close()`` leaves it running."""
+        engine = cls.__new__(cls)
+        engine._attach(llm, tokenizer, generation_config, owns_llm=False)
+        return engine
+
+    def _attach(
+        self,
+        llm: Any,
+        tokenizer: PreTrainedTokenizerBase,
+        generation_config: GenerationConfig | None,
+        *,
+        owns_llm: bool,
+    ) -> None:
+        self._llm = llm
+        self.tokenizer = tokenizer
+        self.stop_ids = stop_token_ids(tokenizer, generation_config)
+        model_config = llm.llm_engine.model_config
         self.vocab_size: int = model_config.get_vocab_size()
         self.context_length: int = model_config.max_model_len
+        self._owns_llm = owns_llm
         self._closed = False
 
     # ------------------------------------------------------------ TokenEngine
@@ -113,10 +140,13 @@ class VLLMEngine:
         return [generation.text for generation in self.generate(prompts, sampling)]
 
     def close(self) -> None:
-        """Stop vLLM's engine process and free the GPU memory it reserved."""
+        """Stop vLLM's engine process and free the GPU memory it reserved (unless the LLM was
+        only wrapped: its owner closes it)."""
         if self._closed:
             return
         self._closed = True
+        if not self._owns_llm:
+            return
         engine_core = getattr(self._llm.llm_engine, "engine_core", None)
         if engine_core is not None and hasattr(engine_core, "shutdown"):
             engine_core.shutdown()

@@ -81,6 +81,12 @@ STAGES: dict[str, Stage] = {
             ("eval", "teacher", "rollout"),
             tracked=False,  # one MLflow child run per model, opened by the stage
         ),
+        Stage(
+            "red_team",
+            "rl2f.stages.red_team",
+            "scripted hostile students against the privileged teachers (leaks under attack)",
+            ("teacher",),
+        ),
         Stage("report", "rl2f.stages.report", "the HTML and Markdown report", ("eval",)),
     ]
 }

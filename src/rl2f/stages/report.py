@@ -3,9 +3,10 @@
 ``eval.comparisons_path`` (paired differences between models, see
 :mod:`rl2f.evaluation.comparisons`).
 
-It reads only ``eval.metrics_path`` and ``eval.episodes_dir``, so it runs the same on the
-outputs of one ``rl2f evaluate`` and on Kubeflow's merged per-model results. That also makes it
-the one stage that sees every model's episodes, which the paired comparisons need.
+It reads only ``eval.metrics_path`` and ``eval.episodes_dir`` (and ``eval.red_team_path`` when
+the red_team stage ran), so it runs the same on the outputs of one ``rl2f evaluate`` and on
+Kubeflow's merged per-model results. That also makes it the one stage that sees every model's
+episodes, which the paired comparisons need.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from rl2f.config import Config
+from rl2f.errors import DataError, parse_json_object
 from rl2f.evaluation.comparisons import comparison_rows
 from rl2f.evaluation.episode_files import StoredCell, read_model_cells
 from rl2f.evaluation.schema import read_metrics
@@ -26,6 +28,8 @@ from rl2f.tracking import active
 log = logging.getLogger(__name__)
 
 REPORT_DIR = Path("reports")
+# What the report reads of each (split, mode) entry the red_team stage wrote.
+ATTACK_KEYS = frozenset({"tasks", "critiques", "attempted", "delivered", "leak_rate_by_check"})
 
 
 def split_turns(metrics: dict[str, Any]) -> dict[str, int]:
@@ -54,6 +58,26 @@ def comparisons(
     )
 
 
+def read_attacks(path: Path) -> dict[str, Any] | None:
+    """The red_team stage's leak rates; None when it has not run (the report says so)."""
+    if not path.exists():
+        log.warning("%s not found: the report shows no leak rates under attack", path)
+        return None
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: not UTF-8 text") from None
+    attacks = parse_json_object(text, str(path))
+    for split, modes in attacks.items():
+        if not isinstance(modes, dict):
+            raise DataError(f"{path}: {split} must map feedback modes to leak rates")
+        for mode, rates in modes.items():
+            if not isinstance(rates, dict) or ATTACK_KEYS - rates.keys():
+                needed = ", ".join(sorted(ATTACK_KEYS))
+                raise DataError(f"{path}: {split}.{mode} must be an object with {needed}")
+    return attacks
+
+
 def run(cfg: Config) -> dict[str, Any]:
     metrics = read_metrics(cfg.eval.metrics_path)
     cells = {model: read_model_cells(cfg.eval.episodes_dir, model) for model in metrics}
@@ -65,7 +89,7 @@ def run(cfg: Config) -> dict[str, Any]:
     paired = comparisons(cfg, metrics, cells)
     comparisons_path = Path(cfg.eval.comparisons_path)
     atomic_write_text(comparisons_path, json.dumps(paired, indent=2) + "\n")
-    report = build_report(metrics, cells, paired)
+    report = build_report(metrics, cells, paired, read_attacks(Path(cfg.eval.red_team_path)))
     paths = write_report(report, REPORT_DIR)
     mlflow = active()
     if mlflow is not None:

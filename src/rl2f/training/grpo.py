@@ -240,7 +240,6 @@ class ConversationRollout:
         return self._teachers[level]
 
     def __call__(self, prompts: list[Any], trainer: Any) -> dict[str, list]:
-        from rl2f.engines import make_engine
         from rl2f.rollout import run_episodes
 
         started = time.perf_counter()
@@ -248,11 +247,7 @@ class ConversationRollout:
             tasks = [self.by_prompt[_prompt_text(p)] for p in prompts]
         except KeyError as exc:
             raise RuntimeError(f"rollout_func got a prompt of no training task: {exc}") from None
-        model = trainer.accelerator.unwrap_model(trainer.model)
-        engine_cfg = EngineConfig(
-            kind="transformers", batch_size=self.cfg.rollout.engine.batch_size
-        )
-        student = make_engine(engine_cfg, model, self.tokenizer)
+        student = self.student_engine(trainer)
         step = trainer.state.global_step
         level = teacher_level(self.cfg, step / max(trainer.state.max_steps or 1, 1))
         # One seed per (run seed, step, process): a resumed run samples what the uninterrupted
@@ -283,6 +278,24 @@ class ConversationRollout:
             "env_mask": [e.completion_mask for e in episodes],
             "conversation_reward": [e.reward for e in episodes],
         }
+
+    def student_engine(self, trainer: Any):  # noqa: ANN201
+        """The live policy as a token engine: TRL's colocated vLLM when ``train.use_vllm`` (its
+        weights were synced from the policy before this step), else transformers' generate on
+        the policy itself."""
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        if trainer.use_vllm:
+            from rl2f.engines.vllm_engine import VLLMEngine
+
+            return VLLMEngine.wrap(
+                trainer.vllm_generation.llm, self.tokenizer, model.generation_config
+            )
+        from rl2f.engines import make_engine
+
+        engine_cfg = EngineConfig(
+            kind="transformers", batch_size=self.cfg.rollout.engine.batch_size
+        )
+        return make_engine(engine_cfg, model, self.tokenizer)
 
     def _step_metrics(
         self, episodes: list[Episode], level: str, seconds: float, tokens: int
@@ -425,6 +438,8 @@ def grpo_config(cfg: Config, spec: RunSpec, report_to: list[str]):  # noqa: ANN2
     if scheduler == "constant" and warmup_steps:
         scheduler = "constant_with_warmup"  # plain "constant" ignores warmup
     cuda = torch.cuda.is_available()
+    if t.use_vllm and not cuda:
+        raise UserError("train.use_vllm: vLLM generation needs a CUDA GPU (none is visible)")
     return GRPOConfig(
         output_dir=str(checkpoint_dir(spec.out_dir)),
         max_steps=t.steps,
@@ -455,6 +470,11 @@ def grpo_config(cfg: Config, spec: RunSpec, report_to: list[str]):  # noqa: ANN2
         remove_unused_columns=False,
         shuffle_dataset=True,
         disable_tqdm=False,
+        # TRL builds the colocated vLLM and syncs the policy's weights into it before each
+        # rollout_func call; ConversationRollout samples through it (see student_engine).
+        use_vllm=t.use_vllm,
+        vllm_mode="colocate",
+        vllm_gpu_memory_utilization=t.vllm_gpu_memory_utilization,
     )
 
 
