@@ -206,11 +206,18 @@ def test_kubeflow_report_merges_models_and_outputs_comparisons(tmp_path: Path) -
         result_dirs.append(str(result))
 
     out = tmp_path / "artifacts"
+    # The red team task's output artifact, as the report task receives it.
+    leaks = tmp_path / "results" / "leaks"
+    leaks.write_text(json.dumps({"eval_id": {"teacher": {
+        "tasks": 3, "critiques": 9.0, "attempted": 0.0, "delivered": 0.0,
+        "leak_rate_by_check": {"answer_string": 0.0},
+    }}}))  # fmt: skip
     params = (REPO / "params.yaml").read_text()
     merge_and_report(
         params,
         ["tracking.enabled=false", "eval.bootstrap_samples=100"],
         result_dirs,
+        red_team_leaks=str(leaks),
         html=str(out / "html"),
         markdown=str(out / "markdown"),
         metrics_json=str(out / "metrics"),
@@ -222,7 +229,9 @@ def test_kubeflow_report_merges_models_and_outputs_comparisons(tmp_path: Path) -
         ("rl2f", "single_turn"),
         ("rl2f", "rl2f"),
     }
-    assert "Paired differences" in (out / "html").read_text()
+    page = (out / "html").read_text()
+    assert "Paired differences" in page
+    assert 'id="attacks"' in page and 'id="no-attacks"' not in page
 
     artifact = Metrics(uri=str(out / "comparisons"))
     publish_comparisons(artifact)
