@@ -476,9 +476,11 @@ def test_vllm_rollouts_without_a_gpu_say_so(tmp_path: Path, coin_model_dir: Path
 )
 def test_train_rl2f_rolls_out_with_colocated_vllm(tmp_path: Path) -> None:
     """TRL's colocated vLLM samples the conversations (through our engine contract) and gets the
-    policy's weights after each step: its greedy replies then match the trained policy's."""
-    from rl2f.config import EngineConfig, SamplingConfig, TinyModelConfig
-    from rl2f.engines import make_engine
+    policy's weights after each step: the log-probabilities it reports for its samples are the
+    trained policy's, not the base's."""
+    from transformers import AutoModelForCausalLM
+
+    from rl2f.config import SamplingConfig, TinyModelConfig
     from rl2f.engines.vllm_engine import VLLMEngine
     from rl2f.rollout import ChatTurns
     from rl2f.training.tiny_model import build_model, train_tokenizer
@@ -503,11 +505,23 @@ def test_train_rl2f_rolls_out_with_colocated_vllm(tmp_path: Path) -> None:
     assert isinstance(rollout.student_engine(trainer), VLLMEngine)
     trainer.train()
     assert rollout.student_tokens > 0
-    trainer._generate(trainer.train_dataset["prompt"][:1])  # syncs the trained weights
+    trainer.vllm_generation.sync_weights()  # what TRL does before the next step's rollout
     chat = ChatTurns(tokenizer)
     prompts = [chat.prompt_ids([{"role": "user", "content": t.prompt}]) for t in sum_tasks()[:4]]
-    greedy = SamplingConfig(temperature=0.0, max_new_tokens=8)
-    policy = make_engine(EngineConfig(kind="transformers"), trainer.model, tokenizer)
-    from_vllm = rollout.student_engine(trainer).generate(prompts, greedy)
-    from_policy = policy.generate(prompts, greedy)
-    assert [g.token_ids for g in from_vllm] == [g.token_ids for g in from_policy]
+    sampling = SamplingConfig(temperature=1.0, max_new_tokens=8, seed=3)
+    sampled = rollout.student_engine(trainer).generate(prompts, sampling, return_logprobs=True)
+    base = AutoModelForCausalLM.from_pretrained(model_dir).to(trainer.model.device)
+
+    def logprobs(model, prompt: list[int], tokens: list[int]) -> torch.Tensor:  # noqa: ANN001
+        ids = torch.tensor([prompt + tokens], device=model.device)
+        with torch.no_grad():
+            logits = model(ids).logits[0, len(prompt) - 1 : -1].float()
+        return logits.log_softmax(-1).cpu()[torch.arange(len(tokens)), tokens]
+
+    for prompt, generation in zip(prompts, sampled, strict=True):
+        from_vllm = torch.tensor(generation.logprobs)
+        # vLLM samples from the trained policy, not from the base it was built from (up to
+        # vLLM running in half precision; two steps at lr 0.01 move a random tiny model far).
+        trained = logprobs(trainer.model, prompt, generation.token_ids)
+        assert torch.allclose(from_vllm, trained, atol=0.1)
+        assert (logprobs(base, prompt, generation.token_ids) - trained).abs().max() > 0.5
