@@ -333,6 +333,7 @@ def attack_table(attacks: Attacks | None) -> Table | None:
             int(rates["critiques"]),
             rates["attempted"],
             rates["delivered"],
+            # The stage wrote shares of critiques already, so they are divided by 1.
             _checks_text(
                 {check: share or 0.0 for check, share in rates["leak_rate_by_check"].items()}, 1
             ),

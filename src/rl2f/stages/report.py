@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from rl2f.config import Config
-from rl2f.errors import DataError, parse_json_object
+from rl2f.errors import DataError, decode_utf8, parse_json_object
 from rl2f.evaluation.comparisons import comparison_rows
 from rl2f.evaluation.episode_files import StoredCell, read_model_cells
 from rl2f.evaluation.schema import read_metrics
@@ -63,11 +63,7 @@ def read_attacks(path: Path) -> dict[str, Any] | None:
     if not path.exists():
         log.warning("%s not found: the report shows no leak rates under attack", path)
         return None
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise DataError(f"{path}: not UTF-8 text") from None
-    attacks = parse_json_object(text, str(path))
+    attacks = parse_json_object(decode_utf8(path.read_bytes(), str(path)), str(path))
     for split, modes in attacks.items():
         if not isinstance(modes, dict):
             raise DataError(f"{path}: {split} must map feedback modes to leak rates")
