@@ -19,6 +19,9 @@ ENV PYTHONUNBUFFERED=1 \
     TRL_EXPERIMENTAL_SILENCE=1
 
 # util-linux: `unshare`, which the code verifier's sandbox uses to drop network access.
+# DL3008 (pin apt versions) is waived: Debian drops a superseded version from its archive when a
+# security fix lands, so a pinned `util-linux=...` stops building; the base image tag pins Debian.
+# hadolint ignore=DL3008
 RUN apt-get update \
  && apt-get install -y --no-install-recommends util-linux \
  && rm -rf /var/lib/apt/lists/* \
@@ -60,6 +63,8 @@ ENV DEBIAN_FRONTEND=noninteractive \
     PATH=/opt/venv/bin:$PATH
 
 # build-essential: Triton (under vLLM and torch.compile) compiles its launcher stubs at run time.
+# DL3008 waived as in the cpu stage: the deadsnakes PPA keeps only its newest python3.11 build.
+# hadolint ignore=DL3008
 RUN apt-get update \
  && apt-get install -y --no-install-recommends software-properties-common gpg-agent ca-certificates \
  && add-apt-repository -y ppa:deadsnakes/ppa \

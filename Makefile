@@ -56,6 +56,7 @@ test-fast: setup
 lint: setup
 	$(VENV)/bin/ruff check src tests components pipelines benchmarks
 	$(VENV)/bin/ruff format --check src tests components pipelines benchmarks
+	$(VENV)/bin/hadolint Dockerfile k8s/images/mlflow.Dockerfile
 
 compile: setup
 	$(VENV)/bin/rl2f pipeline compile

