@@ -140,6 +140,22 @@ def test_plain_number_fast_path_is_exact():
     assert parse_plain_number("1,00") is None  # not a thousands separator
 
 
+
+def test_a_reference_is_parsed_once_and_each_keeps_its_own_verdicts():
+    """The worker caches each reference's parse; a cached parse must give the same verdicts as
+    a fresh one and never stand in for another reference."""
+    from rl2f.tasks.verifiers.math import _compare_with_math_verify, _parse_reference
+
+    _parse_reference.cache_clear()
+    first = _compare_with_math_verify("x^2 + 1", "1 + x^2")
+    again = _compare_with_math_verify("x^2 + 1", "1 + x^2")
+    assert first["equal"] and again == first
+    assert _parse_reference.cache_info().hits == 1
+    assert not _compare_with_math_verify("x^2 + 1", "x^2 - 1")["equal"]
+    assert _compare_with_math_verify("x^2 - 1", "x^2 - 1")["equal"]
+    assert _parse_reference.cache_info().misses == 2
+
+
 # ---------------------------------------------------------------- wrong answers
 @pytest.mark.parametrize(("reply", "error"), [("Answer: 15", 3.0), ("\\boxed{9}", -3.0)])
 def test_wrong_numbers_report_how_far_off(reply: str, error: float):

@@ -33,6 +33,7 @@ import subprocess
 import sys
 import threading
 from dataclasses import dataclass
+from functools import lru_cache
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -308,7 +309,7 @@ def _limit_memory(limit_bytes: int) -> None:
 def _compare_with_math_verify(expected: str, got: str) -> dict[str, Any]:
     from math_verify import verify
 
-    gold_parsed = _parse_with_math_verify(expected)
+    gold_parsed = _parse_reference(expected)
     got_parsed = _parse_with_math_verify(got)
     equal = bool(verify(list(gold_parsed), list(got_parsed), timeout_seconds=None))
     return {
@@ -316,6 +317,13 @@ def _compare_with_math_verify(expected: str, got: str) -> dict[str, Any]:
         "got_parsed": _has_expression(got_parsed),
         "numeric_error": _sympy_difference(gold_parsed, got_parsed),
     }
+
+
+# A task's reference is compared again at every turn and every training step, and parsing it
+# costs as much as parsing the reply; sympy expressions are immutable, so the parse is shared.
+@lru_cache(maxsize=4096)
+def _parse_reference(text: str) -> tuple[Any, ...]:
+    return _parse_with_math_verify(text)
 
 
 def _parse_with_math_verify(text: str) -> tuple[Any, ...]:
