@@ -140,7 +140,6 @@ def test_plain_number_fast_path_is_exact():
     assert parse_plain_number("1,00") is None  # not a thousands separator
 
 
-
 def test_a_reference_is_parsed_once_and_each_keeps_its_own_verdicts():
     """The worker caches each reference's parse; a cached parse must give the same verdicts as
     a fresh one and never stand in for another reference."""

@@ -33,8 +33,8 @@ import subprocess
 import sys
 import threading
 from dataclasses import dataclass
-from functools import lru_cache
 from fractions import Fraction
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
