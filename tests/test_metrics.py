@@ -199,6 +199,33 @@ def test_repeat_is_the_answer_and_verbatim_is_the_whole_reply() -> None:
     assert (counts.repeats, counts.verbatim_repeats) == (1, 1)  # whitespace does not count
 
 
+def attempt(answer: str, expected: int) -> Turn:
+    """A student turn as the math verifier leaves it: its numeric error when it read a number."""
+    try:
+        error: float | None = float(int(answer) - expected)
+    except ValueError:
+        error = None
+    turn = student(answer, error == 0)
+    turn.diagnostics = {"expected": str(expected), "got": answer, "numeric_error": error}
+    return turn
+
+
+def test_closer_counts_numbers_that_move_towards_the_answer() -> None:
+    # The answer is 7 throughout.
+    episodes = [
+        episode("A", [attempt("5", 7), attempt("6", 7), attempt("7", 7)]),  # closer, closer (right)
+        episode("B", [attempt("5", 7), attempt("9", 7), attempt("12", 7)]),  # as far, farther
+        episode("C", [attempt("5", 7), attempt("lost", 7), attempt("6", 7)]),  # no number: skipped
+        episode("D", [attempt("7", 7)]),  # right at once: no transition from wrong
+    ]
+    counts = plasticity(episodes)
+    assert counts.from_wrong == 6
+    assert (counts.numeric_from_wrong, counts.moved_closer) == (4, 2)
+    cell = cell_metrics(episodes, max_turns=3, bootstrap_samples=20, seed=0)
+    assert cell["closer_rate"] == pytest.approx(2 / 4)
+    assert cell["numeric_transitions_from_wrong"] == 4
+
+
 def test_cell_metrics_of_the_hand_made_cell() -> None:
     episodes, probes = hand_cell()
     cell = cell_metrics(episodes, max_turns=3, bootstrap_samples=200, seed=0, probes=probes)
@@ -226,7 +253,13 @@ def test_rates_without_data_are_null_not_zero() -> None:
     solved_first = [episode("B", [student("3", True)])]
     cell = cell_metrics(solved_first, max_turns=2, bootstrap_samples=20, seed=0)
     assert cell["acc_by_turn"] == [1.0, 1.0]
-    for key in ("flip_wrong_to_right", "repeat_rate", "flip_right_to_wrong", "leak_rate"):
+    for key in (
+        "flip_wrong_to_right",
+        "repeat_rate",
+        "flip_right_to_wrong",
+        "leak_rate",
+        "closer_rate",
+    ):
         assert cell[key] is None, key
     assert cell["sycophancy_abandon_rate"] is None and cell["sycophancy_probes"] == 0
     unguarded = cell_metrics(

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -82,6 +83,15 @@ class Turn:
             finish_reason=generation.finish_reason,
             logprobs=None if generation.logprobs is None else list(generation.logprobs),
         )
+
+    @property
+    def distance_to_answer(self) -> float | None:
+        """How far a student turn's number is from the correct one (|the verifier's
+        ``numeric_error``|, 0 when right); None when either is not a plain number."""
+        error = self.diagnostics.get("numeric_error")
+        if isinstance(error, int | float) and not isinstance(error, bool) and math.isfinite(error):
+            return abs(error)
+        return None
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:

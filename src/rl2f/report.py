@@ -252,19 +252,20 @@ class Table:
 
 
 def rate_rows(metrics: Metrics, keys: Sequence[str]) -> list[list[Any]]:
-    """One row per (model, split, mode): the named metrics of that cell."""
+    """One row per (model, split, mode): the named metrics of that cell (None, shown as n/a,
+    for one a metrics file predates)."""
     rows = []
     for model in metrics:
         for split, mode in columns_of(metrics):
             cell = cell_of(metrics, model, (split, mode))
             if cell is not None:
-                rows.append([model, split, mode, *[cell[key] for key in keys]])
+                rows.append([model, split, mode, *[cell.get(key) for key in keys]])
     return rows
 
 
 def plasticity_table(metrics: Metrics) -> Table:
-    headers = ["model", "split", "mode", "wrong→right", "repeat", "verbatim repeat"]
-    keys = ["flip_wrong_to_right", "repeat_rate", "verbatim_repeat_rate"]
+    headers = ["model", "split", "mode", "wrong→right", "closer", "repeat", "verbatim repeat"]
+    keys = ["flip_wrong_to_right", "closer_rate", "repeat_rate", "verbatim_repeat_rate"]
     return Table(headers, rate_rows(metrics, keys), 3)
 
 

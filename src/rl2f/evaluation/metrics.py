@@ -8,7 +8,10 @@ Everything here is a pure function of episodes, so it is tested on hand-made one
 - 95% confidence intervals: percentile bootstrap over tasks (the unit that was sampled), seeded.
 - Plasticity, from consecutive student turns with feedback in between: wrong->right flips (the
   feedback was used), the repeat rate (the same wrong answer again: the paper's low-plasticity
-  failure) and, stricter, verbatim repeats of the whole reply.
+  failure) and, stricter, verbatim repeats of the whole reply. Where both attempts are plain
+  numbers (arithmetic), the closer rate: the share of next attempts nearer the answer, which
+  tells a model that follows "too high" from one that merely tries again, before either gets
+  it right.
 - An episode that outgrows the model's context ends early and counts as not solved;
   ``context_exhausted`` counts them.
 - Right->wrong flips and the sycophancy probe: under the didactic protocol an episode stops at
@@ -121,6 +124,8 @@ class Plasticity:
     verbatim_repeats: int
     from_right: int
     right_to_wrong: int
+    numeric_from_wrong: int  # transitions from a wrong number to a number
+    moved_closer: int  # ... whose second number is nearer the answer (a right one included)
 
 
 def plasticity(episodes: Sequence[Episode]) -> Plasticity:
@@ -135,6 +140,10 @@ def plasticity(episodes: Sequence[Episode]) -> Plasticity:
             counts["wrong_to_right"] += bool(after.correct)
             counts["repeats"] += final_answer(before) == final_answer(after)
             counts["verbatim_repeats"] += _normalized(before.text) == _normalized(after.text)
+            distance_before, distance_after = before.distance_to_answer, after.distance_to_answer
+            if distance_before is not None and distance_after is not None:
+                counts["numeric_from_wrong"] += 1
+                counts["moved_closer"] += distance_after < distance_before
     return Plasticity(**{name: counts[name] for name in Plasticity.__dataclass_fields__})
 
 
@@ -231,6 +240,8 @@ def cell_metrics(
         "repeat_rate": rate(flips.repeats, flips.from_wrong),
         "verbatim_repeat_rate": rate(flips.verbatim_repeats, flips.from_wrong),
         "transitions_from_wrong": flips.from_wrong,
+        "closer_rate": rate(flips.moved_closer, flips.numeric_from_wrong),
+        "numeric_transitions_from_wrong": flips.numeric_from_wrong,
         "sycophancy_probes": len(probes),
         "sycophancy_abandon_rate": rate(sum(abandoned(p) for p in probes), len(probes)),
         "critiques": len(critiques),

@@ -118,19 +118,12 @@ def turn_returns(episode: Episode, gamma: float, progress: float = 0.0) -> list[
 def _closer(before: Turn, after: Turn) -> int:
     """+1 when ``after`` is nearer the correct value than ``before``, -1 when farther (or it
     lost the number), 0 when neither can be told."""
-    old, new = _abs_error(before), _abs_error(after)
+    old, new = before.distance_to_answer, after.distance_to_answer
     if new is None:
         return -1 if old is not None else 0
     if old is None:
         return 1
     return (new < old) - (new > old)
-
-
-def _abs_error(turn: Turn) -> float | None:
-    error = turn.diagnostics.get("numeric_error")
-    if isinstance(error, int | float) and not isinstance(error, bool) and math.isfinite(error):
-        return abs(error)
-    return None
 
 
 def token_turn_index(episode: Episode) -> list[int]:
