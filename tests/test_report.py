@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_metrics import episode, feedback, probe_of, student
+from test_metrics import episode, feedback, metrics_tree, probe_of, student
 
 from rl2f.config import load_config
 from rl2f.episodes import Episode
@@ -23,7 +23,7 @@ from rl2f.evaluation.episode_files import read_model_cells, write_cell
 from rl2f.evaluation.examples import Example, choose_examples
 from rl2f.evaluation.metrics import cell_metrics
 from rl2f.evaluation.schema import validate_metrics
-from rl2f.report import build_report, html_episode, md_episode
+from rl2f.report import build_report, html_episode, md_episode, plasticity_table
 from rl2f.stages import report as report_stage
 
 REPO = Path(__file__).resolve().parents[1]
@@ -237,6 +237,16 @@ def test_results_table_bolds_the_best_model_per_column(workspace: Path) -> None:
     for model in metrics:
         if metrics[model]["eval_id"]["teacher"]["final_acc"] < value:
             assert not cells[model][0].startswith("**")
+
+
+def test_plasticity_table_shows_the_closer_rate_and_tolerates_older_metrics_files() -> None:
+    metrics = metrics_tree()
+    metrics["base"]["eval_id"]["teacher"]["closer_rate"] = 0.4
+    del metrics["base"]["eval_id"]["retry"]["closer_rate"]  # written before it was measured
+    validate_metrics(metrics)
+    table = plasticity_table(metrics)
+    closer = table.headers.index("closer")
+    assert {row[2]: row[closer] for row in table.rows} == {"teacher": 0.4, "retry": None}
 
 
 def test_report_says_so_when_no_fix_example_exists(tmp_path: Path) -> None:
