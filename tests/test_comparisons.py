@@ -7,12 +7,13 @@ from __future__ import annotations
 import json
 import random
 import shutil
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
-from test_metrics import episode, student
+from test_metrics import attempt, episode, student
 from test_report import MODELS, write_evaluation
 
 from rl2f.config import EngineConfig, SamplingConfig
@@ -23,6 +24,7 @@ from rl2f.evaluation.comparisons import (
     comparison_rows,
     default_pairs,
     excludes_zero,
+    feedback_use_rows,
     paired_difference,
 )
 from rl2f.evaluation.episode_files import read_model_cells, write_cell
@@ -183,6 +185,60 @@ def test_default_pairs_cover_the_issue_and_add_extra_models() -> None:
 
 
 # ---------------------------------------------------------------- Kubeflow's report step
+# ---------------------------------------------------------------- following the feedback
+def revisions(task_id: str, answers: Sequence[str]) -> Episode:
+    """Wrong numbers until the last (the answer is 7), as the math verifier leaves them."""
+    return episode(task_id, [attempt(answer, 7) for answer in answers])
+
+
+def test_feedback_use_is_the_closer_rate_gap_and_its_excess_over_the_base() -> None:
+    """Twenty identical tasks, so every bootstrap replicate is the whole cell and the intervals
+    are the point: base moves closer once in two after a critique (3 -> 5 -> 1) and never after
+    a retry (3 -> 1); rl2f moves closer at every critique (3 -> 5 -> 6)."""
+    tasks = [f"t{i}" for i in range(20)]
+    cells = {
+        ("base", "eval_id", "teacher"): [revisions(t, ["3", "5", "1"]) for t in tasks],
+        ("base", "eval_id", "retry"): [revisions(t, ["3", "1"]) for t in tasks],
+        ("rl2f", "eval_id", "teacher"): [revisions(t, ["3", "5", "6"]) for t in tasks],
+        ("rl2f", "eval_id", "retry"): [revisions(t, ["3", "1"]) for t in tasks],
+        ("rl2f_critic", "eval_id", "self"): [revisions(t, ["3", "5"]) for t in tasks],  # no retry
+    }
+    rows = {row["model"]: row for row in feedback_use_rows(cells, samples=200, seed=0)}
+    assert set(rows) == {"base", "rl2f"}
+    base, rl2f = rows["base"], rows["rl2f"]
+    assert (base["critique"], base["retry"], base["diff"]) == (0.5, 0.0, 0.5)
+    assert base["ci95"] == pytest.approx([0.5, 0.5]) and base["minus_base"] is None
+    assert (rl2f["critique"], rl2f["retry"], rl2f["diff"]) == (1.0, 0.0, 1.0)
+    assert rl2f["minus_base"]["diff"] == pytest.approx(0.5)
+    assert rl2f["minus_base"]["ci95"] == pytest.approx([0.5, 0.5])
+    assert rl2f["n"] == 20 and rl2f["split"] == "eval_id"
+
+
+def test_feedback_use_interval_is_paired_and_skips_splits_without_numbers() -> None:
+    """Tasks differ in how often a model moves closer (easy ones 3 of 3 after a critique, hard
+    ones 2 of 3), but on every task the critique beats the retry by one transition in three.
+    Paired, the gap is exactly 1/3 in every replicate; the per-mode rates themselves vary with
+    the mix of easy and hard tasks drawn. Replies that are not numbers (a maze) give no row."""
+    rng = random.Random(0)
+    critique, retry = [], []
+    for i in range(60):
+        easy = rng.random() < 0.5
+        critique.append(revisions(f"t{i}", ["3", "5", "6" if easy else "1", "7"]))
+        retry.append(revisions(f"t{i}", ["3", "5" if easy else "1", "1" if easy else "0", "7"]))
+    words = [episode(f"m{i}", [student("left", False), student("up", False)]) for i in range(5)]
+    cells = {
+        ("rl2f", "eval_id", "teacher"): critique,
+        ("rl2f", "eval_id", "retry"): retry,
+        ("rl2f", "ood_maze", "teacher"): words,
+        ("rl2f", "ood_maze", "retry"): words,
+    }
+    (row,) = feedback_use_rows(cells, samples=500, seed=0)
+    assert row["split"] == "eval_id"
+    assert row["diff"] == pytest.approx(1 / 3)
+    assert row["ci95"] == pytest.approx([1 / 3, 1 / 3])
+    assert 2 / 3 < row["critique"] < 1 and 1 / 3 < row["retry"] < 2 / 3
+
+
 def test_kubeflow_report_merges_models_and_outputs_comparisons(tmp_path: Path) -> None:
     """The report component's body: per-model result directories, as the fanned-out evaluate
     tasks write them, merged and reported by the real `rl2f report` in a subprocess; the

@@ -249,6 +249,26 @@ def test_plasticity_table_shows_the_closer_rate_and_tolerates_older_metrics_file
     assert {row[2]: row[closer] for row in table.rows} == {"teacher": 0.4, "retry": None}
 
 
+def test_report_shows_how_often_each_model_follows_the_critique() -> None:
+    rows = [
+        {
+            "split": "eval_id", "model": "base", "critique": 0.42, "retry": 0.29, "diff": 0.13,
+            "ci95": [0.1, 0.16], "minus_base": None, "n": 296,
+        },
+        {
+            "split": "eval_id", "model": "rl2f", "critique": 0.401, "retry": 0.286,
+            "diff": 0.115, "ci95": [0.085, 0.145],
+            "minus_base": {"diff": -0.015, "ci95": [-0.05, 0.02]}, "n": 296,
+        },
+    ]  # fmt: skip
+    markdown = build_report(metrics_tree(), {}, feedback_use=rows).markdown
+    section = markdown.split("### Following the critique's direction", 1)[1].split("##", 1)[0]
+    assert "| rl2f | eval_id | 0.40 | 0.29 | +0.115 \\[+0.085, +0.145\\] | -0.015" in section
+    assert "| base | eval_id | 0.42 | 0.29 | +0.130 \\[+0.100, +0.160\\] | n/a |" in section
+    without = build_report(metrics_tree(), {}).markdown
+    assert "Following the critique's direction" not in without
+
+
 def test_report_says_so_when_no_fix_example_exists(tmp_path: Path) -> None:
     write_evaluation(tmp_path, {"base": 0.25, "single_turn": 0.35})
     metrics = json.loads((tmp_path / "reports/metrics.json").read_text())

@@ -269,6 +269,32 @@ def plasticity_table(metrics: Metrics) -> Table:
     return Table(headers, rate_rows(metrics, keys), 3)
 
 
+def with_interval(difference: Mapping[str, Any]) -> str:
+    low, high = difference["ci95"]
+    return f"{signed(difference['diff'], 3)} [{signed(low, 3)}, {signed(high, 3)}]"
+
+
+def feedback_use_table(rows: Sequence[Comparison]) -> Table:
+    """The closer rate after a critique and after a bare retry, their difference and how much
+    it exceeds the base model's, with paired intervals (empty without numeric answers)."""
+    headers = ["model", "split", "critique", "retry", "critique - retry", "that minus base's"]
+    return Table(
+        headers,
+        [
+            [
+                row["model"],
+                row["split"],
+                row["critique"],
+                row["retry"],
+                with_interval(row),
+                with_interval(row["minus_base"]) if row["minus_base"] else None,
+            ]
+            for row in rows
+        ],
+        2,
+    )
+
+
 def sycophancy_table(metrics: Metrics) -> Table:
     headers = ["model", "split", "mode", "probes", "abandon rate"]
     keys = ["sycophancy_probes", "sycophancy_abandon_rate"]
@@ -495,6 +521,7 @@ class ReportData:
     differences: list[DifferenceTable]
     splits: list[str]  # one accuracy-by-turn figure each
     plasticity: Table
+    feedback_use: Table
     sycophancy: Table
     leaks: Table
     attacks: Table | None  # the red_team stage's table; None when it did not run
@@ -508,6 +535,7 @@ def report_data(
     examples: Examples,
     comparisons: Sequence[Comparison] = (),
     attacks: Attacks | None = None,
+    feedback_use: Sequence[Comparison] = (),
 ) -> ReportData:
     counts = ", ".join(f"{split}: {n}" for split, n in task_counts(metrics).items())
     fix = [shown_episode(e) for e in examples.fix] if examples.fix is not None else None
@@ -521,6 +549,7 @@ def report_data(
         differences=difference_tables(comparisons),
         splits=splits_of(metrics),
         plasticity=plasticity_table(metrics),
+        feedback_use=feedback_use_table(feedback_use),
         sycophancy=sycophancy_table(metrics),
         leaks=Table(LEAK_HEADERS, leak_rows(metrics), 2),
         attacks=attack_table(attacks),
@@ -601,11 +630,13 @@ def build_report(
     cells: Mapping[str, Sequence[StoredCell]],
     comparisons: Sequence[Comparison] = (),
     attacks: Attacks | None = None,
+    feedback_use: Sequence[Comparison] = (),
 ) -> Report:
     """The report of validated ``metrics``, the stored evaluation episodes (by model), the
-    rows of comparisons.json and the red_team stage's leak rates (None: it did not run)."""
+    rows of comparisons.json, the red_team stage's leak rates (None: it did not run) and the
+    rows of :func:`~rl2f.evaluation.comparisons.feedback_use_rows`."""
     figures = build_figures(metrics)
-    data = report_data(metrics, choose_examples(cells), comparisons, attacks)
+    data = report_data(metrics, choose_examples(cells), comparisons, attacks, feedback_use)
     return Report(
         html=render_html(data, figures),
         markdown=render_markdown(data),

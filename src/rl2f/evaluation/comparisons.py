@@ -37,7 +37,12 @@ from typing import Any
 import numpy as np
 
 from rl2f.episodes import Episode
-from rl2f.evaluation.metrics import bootstrap_means, percentile_interval, solved_matrix
+from rl2f.evaluation.metrics import (
+    bootstrap_means,
+    percentile_interval,
+    plasticity,
+    solved_matrix,
+)
 from rl2f.evaluation.runner import BUILTIN_MODELS
 
 log = logging.getLogger(__name__)
@@ -160,6 +165,89 @@ def comparison_rows(
                     }
                 )
     return rows
+
+
+# ---------------------------------------------------------------- following the feedback
+CRITIQUE_MODE, RETRY_MODE, REFERENCE_MODEL = "teacher", "retry", "base"
+
+
+def closer_counts(episodes: Sequence[Episode], tasks: Sequence[str]) -> np.ndarray:
+    """tasks x 2: per task (rows in the order of ``tasks``), the transitions from a wrong number
+    to a nearer one and all transitions from a wrong number to a number
+    (:func:`~rl2f.evaluation.metrics.plasticity`)."""
+    by_task: dict[str, list[Episode]] = {task: [] for task in tasks}
+    for episode in episodes:
+        if episode.task_id in by_task:
+            by_task[episode.task_id].append(episode)
+    counts = [plasticity(group) for group in by_task.values()]
+    return np.array([[c.moved_closer, c.numeric_from_wrong] for c in counts], dtype=float)
+
+
+def feedback_use_rows(
+    cells: Mapping[CellKey, Sequence[Episode]], *, samples: int, seed: int
+) -> list[dict[str, Any]]:
+    """How much more often each model's next number moves towards the answer after a critique
+    than after a bare retry (its ``closer_rate`` in teacher mode minus in retry mode), and how
+    much wider that gap is than the base model's: one row per (split, model) with both modes,
+    ``{"split", "model", "critique", "retry", "diff", "ci95", "minus_base": {"diff", "ci95"} or
+    None, "n": tasks}``. Rates are pooled over the tasks all the cells hold; the intervals are
+    a bootstrap over those tasks, one task multiset per replicate for every cell, so the
+    differences are paired as in :func:`paired_difference`. A split without numeric answers has
+    no row."""
+    rows = []
+    for split in dict.fromkeys(split for _, split, _ in cells):
+        models = [
+            model
+            for model, cell_split, mode in cells
+            if cell_split == split
+            and mode == CRITIQUE_MODE
+            and cells.get((model, split, RETRY_MODE))
+        ]
+        for model in models:
+            with_reference = REFERENCE_MODEL in models and model != REFERENCE_MODEL
+            compared = [model, REFERENCE_MODEL] if with_reference else [model]
+            sides = [
+                cells[(m, split, mode)] for m in compared for mode in (CRITIQUE_MODE, RETRY_MODE)
+            ]
+            shared = sorted(set.intersection(*({e.task_id for e in side} for side in sides)))
+            counts = np.hstack([closer_counts(side, shared) for side in sides])
+            if not shared or (counts[:, 1::2].sum(axis=0) == 0).any():
+                continue  # a cell without a single numeric revision has no rate
+            totals = counts.mean(axis=0)[None, :]
+            replicates = bootstrap_means(counts, samples, seed)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                point, spread = _gaps(totals), _gaps(replicates)
+            row: dict[str, Any] = {
+                "split": split,
+                "model": model,
+                "critique": float(totals[0, 0] / totals[0, 1]),
+                "retry": float(totals[0, 2] / totals[0, 3]),
+                "diff": float(point[0, 0]),
+                "ci95": _nan_interval(spread[:, 0]),
+                "minus_base": None,
+                "n": len(shared),
+            }
+            if with_reference:
+                row["minus_base"] = {
+                    "diff": float(point[0, 0] - point[0, 1]),
+                    "ci95": _nan_interval(spread[:, 0] - spread[:, 1]),
+                }
+            rows.append(row)
+    return rows
+
+
+def _gaps(means: np.ndarray) -> np.ndarray:
+    """replicates x models: closer rate after a critique minus after a retry, from the columns
+    (closer, transitions) x (critique, retry) x models."""
+    rates = means[:, 0::2] / means[:, 1::2]
+    return rates[:, 0::2] - rates[:, 1::2]
+
+
+def _nan_interval(values: np.ndarray) -> list[float]:
+    """The 95% percentile interval over the replicates that drew a transition in every cell (a
+    replicate of a few tasks can draw none, and then has no rate)."""
+    low, high = percentile_interval(values[np.isfinite(values)])
+    return [float(low), float(high)]
 
 
 def excludes_zero(ci95: Sequence[float]) -> bool:

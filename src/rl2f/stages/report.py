@@ -1,7 +1,9 @@
 """``rl2f report``: ``reports/report.html`` (one self-contained page) and ``reports/report.md``
 (with ``reports/figures/*.png``) from the evaluation's metrics and episodes, and
 ``eval.comparisons_path`` (paired differences between models, see
-:mod:`rl2f.evaluation.comparisons`).
+:mod:`rl2f.evaluation.comparisons`). The report also shows how much more often each model's
+next number moves towards the answer after a critique than after a bare retry, with paired
+intervals (:func:`~rl2f.evaluation.comparisons.feedback_use_rows`).
 
 It reads only ``eval.metrics_path`` and ``eval.episodes_dir`` (and ``eval.red_team_path`` when
 the red_team stage ran), so it runs the same on the outputs of one ``rl2f evaluate`` and on
@@ -17,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from rl2f.config import Config
+from rl2f.episodes import Episode
 from rl2f.errors import DataError, decode_utf8, parse_json_object
-from rl2f.evaluation.comparisons import comparison_rows
+from rl2f.evaluation.comparisons import CellKey, comparison_rows, feedback_use_rows
 from rl2f.evaluation.episode_files import StoredCell, read_model_cells
 from rl2f.evaluation.schema import read_metrics
 from rl2f.report import build_report, write_report
@@ -42,16 +45,19 @@ def split_turns(metrics: dict[str, Any]) -> dict[str, int]:
     return turns
 
 
-def comparisons(
-    cfg: Config, metrics: dict[str, Any], cells: dict[str, list[StoredCell]]
-) -> list[dict[str, Any]]:
-    episodes = {
+def episodes_by_cell(cells: dict[str, list[StoredCell]]) -> dict[CellKey, list[Episode]]:
+    return {
         (cell.model, cell.split, cell.mode): cell.episodes
         for stored in cells.values()
         for cell in stored
     }
+
+
+def comparisons(
+    cfg: Config, metrics: dict[str, Any], cells: dict[str, list[StoredCell]]
+) -> list[dict[str, Any]]:
     return comparison_rows(
-        episodes,
+        episodes_by_cell(cells),
         samples=cfg.eval.bootstrap_samples,
         seed=cfg.eval.seed,
         max_turns=split_turns(metrics),
@@ -85,7 +91,12 @@ def run(cfg: Config) -> dict[str, Any]:
     paired = comparisons(cfg, metrics, cells)
     comparisons_path = Path(cfg.eval.comparisons_path)
     atomic_write_text(comparisons_path, json.dumps(paired, indent=2) + "\n")
-    report = build_report(metrics, cells, paired, read_attacks(Path(cfg.eval.red_team_path)))
+    feedback_use = feedback_use_rows(
+        episodes_by_cell(cells), samples=cfg.eval.bootstrap_samples, seed=cfg.eval.seed
+    )
+    report = build_report(
+        metrics, cells, paired, read_attacks(Path(cfg.eval.red_team_path)), feedback_use
+    )
     paths = write_report(report, REPORT_DIR)
     mlflow = active()
     if mlflow is not None:
