@@ -168,7 +168,11 @@ def comparison_rows(
 
 
 # ---------------------------------------------------------------- following the feedback
-CRITIQUE_MODE, RETRY_MODE, REFERENCE_MODEL = "teacher", "retry", "base"
+# A model's critique-following is its closer rate under the teacher minus under a bare retry,
+# and RL's part in it that gap minus the base model's.
+CRITIQUE_MODE = "teacher"
+RETRY_MODE = "retry"
+REFERENCE_MODEL = "base"
 
 
 def closer_counts(episodes: Sequence[Episode], tasks: Sequence[str]) -> np.ndarray:
