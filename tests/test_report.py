@@ -18,7 +18,7 @@ from test_metrics import episode, feedback, metrics_tree, probe_of, student
 
 from rl2f.config import load_config
 from rl2f.episodes import Episode
-from rl2f.evaluation.comparisons import comparison_rows, excludes_zero
+from rl2f.evaluation.comparisons import comparison_rows, excludes_zero, feedback_use_rows
 from rl2f.evaluation.episode_files import read_model_cells, write_cell
 from rl2f.evaluation.examples import Example, choose_examples
 from rl2f.evaluation.metrics import cell_metrics
@@ -44,7 +44,9 @@ def _episodes(model: str, split: str, mode: str, turns: int) -> list[Episode]:
         attempts = []
         for turn in range(turns):
             correct = rng.random() < skill * (1 + turn * 0.4)
-            attempts.append(student(str(10 + index + (0 if correct else turn + 1)), correct))
+            error = 0 if correct else turn + 1  # wrong answers drift away from 10 + index
+            attempts.append(student(str(10 + index + error), correct))
+            attempts[-1].diagnostics = {"numeric_error": float(error)}
             if correct:
                 break
         critiques = [feedback() for _ in attempts[1:]]
@@ -217,6 +219,28 @@ def test_report_stage_writes_paired_differences_and_shows_them(workspace: Path) 
         assert label in table and shown in table
         assert (f"**{value}**" if resolved else value) in section
     assert "Bold: the interval excludes 0." in section
+
+
+def test_report_stage_shows_and_summarises_how_models_follow_the_critique(
+    workspace: Path,
+) -> None:
+    summary = json.loads((workspace / "summary.json").read_text())
+    cells = {
+        (cell.model, cell.split, cell.mode): cell.episodes
+        for model in MODELS
+        for cell in read_model_cells(workspace / "data/episodes/eval", model)
+    }
+    rows = feedback_use_rows(cells, samples=200, seed=1234)
+    assert {(row["split"], row["model"]) for row in rows} == {
+        (split, model) for split in SPLITS for model in MODELS
+    }
+    for row in rows:
+        entry = summary["feedback_use"][row["split"]][row["model"]]
+        assert entry["critique_minus_retry"] == pytest.approx(row["diff"])
+        assert ("minus_base" in entry) == (row["model"] != "base")
+    markdown = (workspace / "reports/report.md").read_text()
+    section = markdown.split("### Following the critique's direction", 1)[1].split("\n## ", 1)[0]
+    assert len([line for line in section.splitlines() if line.startswith("| ")]) == len(rows) + 1
 
 
 def test_results_table_bolds_the_best_model_per_column(workspace: Path) -> None:

@@ -111,4 +111,23 @@ def run(cfg: Config) -> dict[str, Any]:
         "comparisons": len(paired),
         "html_bytes": len(report.html.encode()),
         "fix_example_found": report.fix_example,
+        # In the run's summary.json whole, and its numbers as MLflow metrics to compare runs by.
+        "feedback_use": feedback_use_summary(feedback_use),
     }
+
+
+def feedback_use_summary(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
+    """{split: {model: {critique, retry, critique_minus_retry, ci95, minus_base, ...}}}."""
+    summary: dict[str, dict[str, dict[str, Any]]] = {}
+    for row in rows:
+        entry = {
+            "critique": row["critique"],
+            "retry": row["retry"],
+            "critique_minus_retry": row["diff"],
+            "critique_minus_retry_ci95": row["ci95"],
+        }
+        if row["minus_base"]:
+            entry["minus_base"] = row["minus_base"]["diff"]
+            entry["minus_base_ci95"] = row["minus_base"]["ci95"]
+        summary.setdefault(row["split"], {})[row["model"]] = entry
+    return summary
