@@ -53,17 +53,6 @@ def episodes_by_cell(cells: dict[str, list[StoredCell]]) -> dict[CellKey, list[E
     }
 
 
-def comparisons(
-    cfg: Config, metrics: dict[str, Any], cells: dict[str, list[StoredCell]]
-) -> list[dict[str, Any]]:
-    return comparison_rows(
-        episodes_by_cell(cells),
-        samples=cfg.eval.bootstrap_samples,
-        seed=cfg.eval.seed,
-        max_turns=split_turns(metrics),
-    )
-
-
 def read_attacks(path: Path) -> dict[str, Any] | None:
     """The red_team stage's leak rates; None when it has not run (the report says so)."""
     if not path.exists():
@@ -88,12 +77,12 @@ def run(cfg: Config) -> dict[str, Any]:
             log.warning(
                 "%s: no episodes under %s; no examples from it", model, cfg.eval.episodes_dir
             )
-    paired = comparisons(cfg, metrics, cells)
+    episodes = episodes_by_cell(cells)
+    samples, seed = cfg.eval.bootstrap_samples, cfg.eval.seed
+    paired = comparison_rows(episodes, samples=samples, seed=seed, max_turns=split_turns(metrics))
     comparisons_path = Path(cfg.eval.comparisons_path)
     atomic_write_text(comparisons_path, json.dumps(paired, indent=2) + "\n")
-    feedback_use = feedback_use_rows(
-        episodes_by_cell(cells), samples=cfg.eval.bootstrap_samples, seed=cfg.eval.seed
-    )
+    feedback_use = feedback_use_rows(episodes, samples=samples, seed=seed)
     report = build_report(
         metrics, cells, paired, read_attacks(Path(cfg.eval.red_team_path)), feedback_use
     )
