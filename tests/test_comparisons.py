@@ -239,6 +239,14 @@ def test_feedback_use_interval_is_paired_and_skips_splits_without_numbers() -> N
     assert 2 / 3 < row["critique"] < 1 and 1 / 3 < row["retry"] < 2 / 3
 
 
+def test_feedback_use_skips_cells_that_share_no_task() -> None:
+    cells = {
+        ("rl2f", "eval_id", "teacher"): [revisions("a", ["3", "5"])],
+        ("rl2f", "eval_id", "retry"): [revisions("b", ["3", "5"])],
+    }
+    assert feedback_use_rows(cells, samples=50, seed=0) == []
+
+
 def test_kubeflow_report_merges_models_and_outputs_comparisons(tmp_path: Path) -> None:
     """The report component's body: per-model result directories, as the fanned-out evaluate
     tasks write them, merged and reported by the real `rl2f report` in a subprocess; the

@@ -214,8 +214,13 @@ def feedback_use_rows(
                 cells[(m, split, mode)] for m in compared for mode in (CRITIQUE_MODE, RETRY_MODE)
             ]
             shared = sorted(set.intersection(*({e.task_id for e in side} for side in sides)))
+            if not shared:
+                log.warning(
+                    "%s: %s's cells share no task; critique-following not compared", split, model
+                )
+                continue
             counts = np.hstack([closer_counts(side, shared) for side in sides])
-            if not shared or (counts[:, 1::2].sum(axis=0) == 0).any():
+            if (counts[:, 1::2].sum(axis=0) == 0).any():
                 continue  # a cell without a single numeric revision has no rate
             totals = counts.mean(axis=0)[None, :]
             replicates = bootstrap_means(counts, samples, seed)
