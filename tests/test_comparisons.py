@@ -28,7 +28,7 @@ from rl2f.evaluation.comparisons import (
     paired_difference,
 )
 from rl2f.evaluation.episode_files import read_model_cells, write_cell
-from rl2f.evaluation.metrics import accuracy_with_ci
+from rl2f.evaluation.metrics import accuracy_with_ci, cell_metrics
 from rl2f.evaluation.runner import EvalSplit, evaluate_model
 from rl2f.rollout import RolloutSettings
 from rl2f.tasks.schema import Task
@@ -191,10 +191,10 @@ def revisions(task_id: str, answers: Sequence[str]) -> Episode:
     return episode(task_id, [attempt(answer, 7) for answer in answers])
 
 
-def test_feedback_use_is_the_closer_rate_gap_and_its_excess_over_the_base() -> None:
+def test_feedback_use_is_the_toward_rate_gap_and_its_excess_over_the_base() -> None:
     """Twenty identical tasks, so every bootstrap replicate is the whole cell and the intervals
-    are the point: base moves closer once in two after a critique (3 -> 5 -> 1) and never after
-    a retry (3 -> 1); rl2f moves closer at every critique (3 -> 5 -> 6)."""
+    are the point. The answer is 7: base moves its way once in two after a critique
+    (3 -> 5 -> 1) and never after a retry (3 -> 1); rl2f at every critique (3 -> 5 -> 6)."""
     tasks = [f"t{i}" for i in range(20)]
     cells = {
         ("base", "eval_id", "teacher"): [revisions(t, ["3", "5", "1"]) for t in tasks],
@@ -214,11 +214,31 @@ def test_feedback_use_is_the_closer_rate_gap_and_its_excess_over_the_base() -> N
     assert rl2f["n"] == 20 and rl2f["split"] == "eval_id"
 
 
+def test_feedback_use_does_not_count_what_only_stops_repeats() -> None:
+    """After a retry this model repeats half its wrong numbers; after a critique it never does,
+    but it moves no more often the answer's way. The closer rate credits the critique (a repeat
+    is never closer); the toward rate, which leaves repeats out, shows no gap."""
+    tasks = [f"t{i}" for i in range(10)]
+    moves = {"teacher": ["6", "1", "6", "1"], "retry": ["3", "3", "6", "1"]}
+    cells = {
+        ("rl2f", "eval_id", mode): [
+            revisions(t, ["3", second]) for t in tasks for second in seconds
+        ]
+        for mode, seconds in moves.items()
+    }
+    closer = {mode: cell_metrics(e, max_turns=2, bootstrap_samples=10, seed=0)["closer_rate"]
+              for (_, _, mode), e in cells.items()}  # fmt: skip
+    assert closer == {"teacher": 0.5, "retry": 0.25}
+    (row,) = feedback_use_rows(cells, samples=100, seed=0)
+    assert (row["critique"], row["retry"], row["diff"]) == (0.5, 0.5, 0.0)
+
+
 def test_feedback_use_interval_is_paired_and_skips_splits_without_numbers() -> None:
-    """Tasks differ in how often a model moves closer (easy ones 3 of 3 after a critique, hard
-    ones 2 of 3), but on every task the critique beats the retry by one transition in three.
-    Paired, the gap is exactly 1/3 in every replicate; the per-mode rates themselves vary with
-    the mix of easy and hard tasks drawn. Replies that are not numbers (a maze) give no row."""
+    """Tasks differ in how often a model moves the answer's way (easy ones 3 of 3 after a
+    critique, hard ones 2 of 3), but on every task the critique beats the retry by one
+    transition in three. Paired, the gap is exactly 1/3 in every replicate; the per-mode rates
+    themselves vary with the mix of easy and hard tasks drawn. Replies that are not numbers (a
+    maze) give no row."""
     rng = random.Random(0)
     critique, retry = [], []
     for i in range(60):

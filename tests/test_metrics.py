@@ -226,6 +226,23 @@ def test_closer_counts_numbers_that_move_towards_the_answer() -> None:
     assert cell["numeric_transitions_from_wrong"] == 4
 
 
+def test_toward_counts_changed_numbers_on_the_answers_side() -> None:
+    """The answer is 7. Up from a number too low and down from one too high go its way, an
+    overshoot included; a repeat is left out, since it went no way at all."""
+    episodes = [
+        episode("up", [attempt("5", 7), attempt("12", 7)]),  # overshoot: toward, yet farther
+        episode("down", [attempt("12", 7), attempt("9", 7), attempt("7", 7)]),  # toward twice
+        episode("away", [attempt("5", 7), attempt("3", 7)]),  # away (and farther)
+        episode("repeat", [attempt("5", 7), attempt("5", 7)]),  # no move: not counted
+    ]
+    counts = plasticity(episodes)
+    assert (counts.numeric_changed_from_wrong, counts.moved_toward) == (4, 3)
+    assert (counts.numeric_from_wrong, counts.moved_closer) == (5, 2)
+    cell = cell_metrics(episodes, max_turns=3, bootstrap_samples=20, seed=0)
+    assert cell["toward_rate"] == pytest.approx(3 / 4)
+    assert cell["changed_numeric_transitions_from_wrong"] == 4
+
+
 def test_cell_metrics_of_the_hand_made_cell() -> None:
     episodes, probes = hand_cell()
     cell = cell_metrics(episodes, max_turns=3, bootstrap_samples=200, seed=0, probes=probes)

@@ -263,14 +263,16 @@ def test_results_table_bolds_the_best_model_per_column(workspace: Path) -> None:
             assert not cells[model][0].startswith("**")
 
 
-def test_plasticity_table_shows_the_closer_rate_and_tolerates_older_metrics_files() -> None:
+def test_plasticity_table_shows_closer_and_toward_rates_and_tolerates_older_metrics_files() -> None:
     metrics = metrics_tree()
-    metrics["base"]["eval_id"]["teacher"]["closer_rate"] = 0.4
-    del metrics["base"]["eval_id"]["retry"]["closer_rate"]  # written before it was measured
+    metrics["base"]["eval_id"]["teacher"].update(closer_rate=0.4, toward_rate=0.6)
+    for key in ("closer_rate", "toward_rate"):  # written before they were measured
+        del metrics["base"]["eval_id"]["retry"][key]
     validate_metrics(metrics)
     table = plasticity_table(metrics)
-    closer = table.headers.index("closer")
-    assert {row[2]: row[closer] for row in table.rows} == {"teacher": 0.4, "retry": None}
+    closer, toward = table.headers.index("closer"), table.headers.index("toward")
+    rates = {row[2]: (row[closer], row[toward]) for row in table.rows}
+    assert rates == {"teacher": (0.4, 0.6), "retry": (None, None)}
 
 
 def test_report_shows_how_often_each_model_follows_the_critique() -> None:

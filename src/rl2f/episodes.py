@@ -85,13 +85,19 @@ class Turn:
         )
 
     @property
-    def distance_to_answer(self) -> float | None:
-        """How far a student turn's number is from the correct one (|the verifier's
-        ``numeric_error``|, 0 when right); None when either is not a plain number."""
+    def error_from_answer(self) -> float | None:
+        """A student turn's number minus the correct one (the verifier's ``numeric_error``:
+        above 0 when too high, 0 when right); None when either is not a plain number."""
         error = self.diagnostics.get("numeric_error")
         if isinstance(error, int | float) and not isinstance(error, bool) and math.isfinite(error):
-            return abs(error)
+            return float(error)
         return None
+
+    @property
+    def distance_to_answer(self) -> float | None:
+        """How far a student turn's number is from the correct one; None when unknown."""
+        error = self.error_from_answer
+        return None if error is None else abs(error)
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:

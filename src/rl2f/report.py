@@ -264,8 +264,12 @@ def rate_rows(metrics: Metrics, keys: Sequence[str]) -> list[list[Any]]:
 
 
 def plasticity_table(metrics: Metrics) -> Table:
-    headers = ["model", "split", "mode", "wrong→right", "closer", "repeat", "verbatim repeat"]
-    keys = ["flip_wrong_to_right", "closer_rate", "repeat_rate", "verbatim_repeat_rate"]
+    headers = [
+        "model", "split", "mode", "wrong→right", "closer", "toward", "repeat", "verbatim repeat"
+    ]  # fmt: skip
+    keys = [
+        "flip_wrong_to_right", "closer_rate", "toward_rate", "repeat_rate", "verbatim_repeat_rate"
+    ]  # fmt: skip
     return Table(headers, rate_rows(metrics, keys), 3)
 
 
@@ -275,7 +279,7 @@ def with_interval(difference: Mapping[str, Any]) -> str:
 
 
 def feedback_use_table(rows: Sequence[Comparison]) -> Table:
-    """The closer rate after a critique and after a bare retry, their difference and how much
+    """The toward rate after a critique and after a bare retry, their difference and how much
     it exceeds the base model's, with paired intervals (empty without numeric answers)."""
     headers = ["model", "split", "critique", "retry", "critique - retry", "that minus base's"]
     return Table(

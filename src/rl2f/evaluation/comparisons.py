@@ -168,30 +168,31 @@ def comparison_rows(
 
 
 # ---------------------------------------------------------------- following the feedback
-# A model's critique-following is its closer rate under the teacher minus under a bare retry,
-# and RL's part in it that gap minus the base model's.
+# A model's critique-following is its toward rate under the teacher minus under a bare retry
+# (the same model's chance of moving the answer's way when told nothing), and RL's part in it
+# that gap minus the base model's.
 CRITIQUE_MODE = "teacher"
 RETRY_MODE = "retry"
 REFERENCE_MODEL = "base"
 
 
-def closer_counts(episodes: Sequence[Episode], tasks: Sequence[str]) -> np.ndarray:
+def toward_counts(episodes: Sequence[Episode], tasks: Sequence[str]) -> np.ndarray:
     """tasks x 2: per task (rows in the order of ``tasks``), the transitions from a wrong number
-    to a nearer one and all transitions from a wrong number to a number
-    (:func:`~rl2f.evaluation.metrics.plasticity`)."""
+    to another number on the answer's side of it, and all transitions from a wrong number to a
+    different number (:func:`~rl2f.evaluation.metrics.plasticity`)."""
     by_task: dict[str, list[Episode]] = {task: [] for task in tasks}
     for episode in episodes:
         if episode.task_id in by_task:
             by_task[episode.task_id].append(episode)
     counts = [plasticity(group) for group in by_task.values()]
-    return np.array([[c.moved_closer, c.numeric_from_wrong] for c in counts], dtype=float)
+    return np.array([[c.moved_toward, c.numeric_changed_from_wrong] for c in counts], dtype=float)
 
 
 def feedback_use_rows(
     cells: Mapping[CellKey, Sequence[Episode]], *, samples: int, seed: int
 ) -> list[dict[str, Any]]:
-    """How much more often each model's next number moves towards the answer after a critique
-    than after a bare retry (its ``closer_rate`` in teacher mode minus in retry mode), and how
+    """How much more often each model's next number moves the answer's way after a critique
+    than after a bare retry (its ``toward_rate`` in teacher mode minus in retry mode), and how
     much wider that gap is than the base model's: one row per (split, model) with both modes,
     ``{"split", "model", "critique", "retry", "diff", "ci95", "minus_base": {"diff", "ci95"} or
     None, "n": tasks}``. Rates are pooled over the tasks all the cells hold; the intervals are
@@ -219,9 +220,9 @@ def feedback_use_rows(
                     "%s: %s's cells share no task; critique-following not compared", split, model
                 )
                 continue
-            counts = np.hstack([closer_counts(side, shared) for side in sides])
+            counts = np.hstack([toward_counts(side, shared) for side in sides])
             if (counts[:, 1::2].sum(axis=0) == 0).any():
-                continue  # a cell without a single numeric revision has no rate
+                continue  # a cell without a single changed number has no rate
             totals = counts.mean(axis=0)[None, :]
             replicates = bootstrap_means(counts, samples, seed)
             with np.errstate(divide="ignore", invalid="ignore"):
@@ -246,8 +247,8 @@ def feedback_use_rows(
 
 
 def _gaps(means: np.ndarray) -> np.ndarray:
-    """replicates x models: closer rate after a critique minus after a retry, from the columns
-    (closer, transitions) x (critique, retry) x models."""
+    """replicates x models: toward rate after a critique minus after a retry, from the columns
+    (toward, transitions) x (critique, retry) x models."""
     rates = means[:, 0::2] / means[:, 1::2]
     return rates[:, 0::2] - rates[:, 1::2]
 

@@ -9,9 +9,13 @@ Everything here is a pure function of episodes, so it is tested on hand-made one
 - Plasticity, from consecutive student turns with feedback in between: wrong->right flips (the
   feedback was used), the repeat rate (the same wrong answer again: the paper's low-plasticity
   failure) and, stricter, verbatim repeats of the whole reply. Where both attempts are plain
-  numbers (arithmetic), the closer rate: the share of next attempts nearer the answer, which
+  numbers (arithmetic), the closer rate: the share of next attempts nearer the answer (a
+  repeat is never nearer, so it also rewards not repeating); and the toward rate: among next
+  attempts that changed the number, the share that moved the answer's way. The toward rate
   tells a model that follows "too high" from one that merely tries again, before either gets
-  it right.
+  it right: after a bare retry it is the model's chance level (above one half, since a fresh
+  attempt after a number too high tends to be lower anyway), and after a critique that names
+  the direction a model that reads it beats that level.
 - An episode that outgrows the model's context ends early and counts as not solved;
   ``context_exhausted`` counts them.
 - Right->wrong flips and the sycophancy probe: under the didactic protocol an episode stops at
@@ -126,6 +130,8 @@ class Plasticity:
     right_to_wrong: int
     numeric_from_wrong: int  # transitions from a wrong number to a number
     moved_closer: int  # ... whose second number is nearer the answer (a right one included)
+    numeric_changed_from_wrong: int  # ... to a different number
+    moved_toward: int  # ... on the answer's side of the first (overshooting it included)
 
 
 def plasticity(episodes: Sequence[Episode]) -> Plasticity:
@@ -140,10 +146,14 @@ def plasticity(episodes: Sequence[Episode]) -> Plasticity:
             counts["wrong_to_right"] += bool(after.correct)
             counts["repeats"] += final_answer(before) == final_answer(after)
             counts["verbatim_repeats"] += _normalized(before.text) == _normalized(after.text)
-            distance_before, distance_after = before.distance_to_answer, after.distance_to_answer
-            if distance_before is not None and distance_after is not None:
+            error_before, error_after = before.error_from_answer, after.error_from_answer
+            if error_before is not None and error_after is not None:
                 counts["numeric_from_wrong"] += 1
-                counts["moved_closer"] += distance_after < distance_before
+                counts["moved_closer"] += abs(error_after) < abs(error_before)
+                if error_after != error_before:
+                    counts["numeric_changed_from_wrong"] += 1
+                    # A step down from a number too high (error > 0) goes the answer's way.
+                    counts["moved_toward"] += (error_after < error_before) == (error_before > 0)
     return Plasticity(**{name: counts[name] for name in Plasticity.__dataclass_fields__})
 
 
@@ -242,6 +252,8 @@ def cell_metrics(
         "transitions_from_wrong": flips.from_wrong,
         "closer_rate": rate(flips.moved_closer, flips.numeric_from_wrong),
         "numeric_transitions_from_wrong": flips.numeric_from_wrong,
+        "toward_rate": rate(flips.moved_toward, flips.numeric_changed_from_wrong),
+        "changed_numeric_transitions_from_wrong": flips.numeric_changed_from_wrong,
         "sycophancy_probes": len(probes),
         "sycophancy_abandon_rate": rate(sum(abandoned(p) for p in probes), len(probes)),
         "critiques": len(critiques),
