@@ -2,8 +2,8 @@
 (with ``reports/figures/*.png``) from the evaluation's metrics and episodes, and
 ``eval.comparisons_path`` (paired differences between models, see
 :mod:`rl2f.evaluation.comparisons`). The report also shows how much more often each model's
-next number moves towards the answer after a critique than after a bare retry, with paired
-intervals (:func:`~rl2f.evaluation.comparisons.feedback_use_rows`).
+next number, when it changed, moves the answer's way after a critique than after a bare
+retry, with paired intervals (:func:`~rl2f.evaluation.comparisons.feedback_use_rows`).
 
 It reads only ``eval.metrics_path`` and ``eval.episodes_dir`` (and ``eval.red_team_path`` when
 the red_team stage ran), so it runs the same on the outputs of one ``rl2f evaluate`` and on
