@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from rl2f.cli import main
-from rl2f.evaluation.seeds import summarise
+from rl2f.evaluation.seeds import markdown, summarise
 
 
 def _run(folder: Path, base: float, rl2f: float, lo: float) -> Path:
@@ -70,3 +70,33 @@ def test_a_corrupt_metrics_file_is_one_line_naming_it(
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].endswith("metrics.json: not UTF-8 text (byte 0xe9)")
     assert "Traceback" not in "\n".join(err)
+
+
+def test_spread_over_seeds_of_how_models_follow_the_critique(tmp_path: Path) -> None:
+    """rl2f's toward rate gains 0.10 / 0.04 from a critique in the two runs, the base's 0.02 /
+    0.02; a model without a retry cell, and files from before the toward rate, give no row."""
+
+    def run(folder: Path, rl2f_critique: float) -> Path:
+        folder.mkdir(parents=True)
+        cell = {"turn1_acc": 0.3, "final_acc": 0.4}
+        metrics = {
+            "base": {"eval_id": {"teacher": {**cell, "toward_rate": 0.58},
+                                 "retry": {**cell, "toward_rate": 0.56}}},
+            "rl2f": {"eval_id": {"teacher": {**cell, "toward_rate": rl2f_critique},
+                                 "retry": {**cell, "toward_rate": 0.55}}},
+            "rl2f_critic": {"eval_id": {"self": {**cell, "toward_rate": 0.6}}},
+            "old": {"eval_id": {"teacher": cell, "retry": cell}},
+        }  # fmt: skip
+        (folder / "metrics.json").write_text(json.dumps(metrics))
+        (folder / "comparisons.json").write_text("[]")
+        return folder
+
+    summary = summarise([run(tmp_path / "0", 0.65), run(tmp_path / "1", 0.59)])
+    rows = {row["model"]: row for row in summary["feedback_use"]}
+    assert set(rows) == {"base", "rl2f"}
+    assert rows["base"]["gap"]["mean"] == pytest.approx(0.02)
+    assert rows["base"]["minus_base"] is None
+    assert rows["rl2f"]["gap"]["mean"] == pytest.approx(0.07)
+    assert (rows["rl2f"]["gap"]["min"], rows["rl2f"]["gap"]["max"]) == pytest.approx((0.04, 0.1))
+    assert rows["rl2f"]["minus_base"]["mean"] == pytest.approx(0.05)
+    assert "| rl2f | eval_id | 0.070 ± 0.042 [0.040, 0.100] | 0.050 ± 0.042" in markdown(summary)

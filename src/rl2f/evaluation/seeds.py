@@ -5,7 +5,9 @@ order, the GRPO rollouts, the distillation order. ``make seeds`` repeats ``dvc r
 seeds changed (the evaluation tasks and its random numbers stay fixed) and keeps each run's
 ``metrics.json`` and ``comparisons.json`` under ``reports/seeds/<seed>/``; this module reads
 them back and reports, for the headline numbers, the mean, the standard deviation and the range
-over seeds, and in how many seeds a paired difference's interval lay above zero.
+over seeds, and in how many seeds a paired difference's interval lay above zero; and, from the
+cells' ``toward_rate``, how much more often each model's next number moved the answer's way
+after a critique than after a bare retry, and that gap minus the base model's.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from rl2f.errors import UserError
+from rl2f.evaluation.comparisons import CRITIQUE_MODE, REFERENCE_MODEL, RETRY_MODE
 from rl2f.tasks.io import atomic_write_text
 
 # The paired differences the README's targets are about.
@@ -91,7 +94,52 @@ def summarise(run_dirs: Sequence[Path]) -> dict[str, Any]:
                     "ci_above_zero": sum(row["ci95"][0] > 0 for row in last),
                 }
             )
-    return {"runs": [str(d) for d in run_dirs], "accuracy": accuracy, "differences": differences}
+    return {
+        "runs": [str(d) for d in run_dirs],
+        "accuracy": accuracy,
+        "differences": differences,
+        "feedback_use": feedback_use(metrics),
+    }
+
+
+def feedback_use(metrics: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per (split, model) whose critique and retry cells have a toward rate in every run: the
+    spread of the gap (critique minus retry) and, where the base has one too, of the gap minus
+    the base's. Metrics files written before the toward rate have no rows."""
+    rows = []
+    for model, splits in metrics[0].items():
+        for split in splits:
+            gap = _toward_gaps(metrics, model, split)
+            if gap is None:
+                continue
+            base = _toward_gaps(metrics, REFERENCE_MODEL, split)
+            with_base = model != REFERENCE_MODEL and base is not None
+            rows.append(
+                {
+                    "split": split,
+                    "model": model,
+                    "gap": spread(gap),
+                    "minus_base": spread([g - b for g, b in zip(gap, base, strict=True)])
+                    if with_base
+                    else None,
+                }
+            )
+    return rows
+
+
+def _toward_gaps(metrics: Sequence[dict[str, Any]], model: str, split: str) -> list[float] | None:
+    """Per run, the model's toward rate after a critique minus after a retry; None when a run
+    lacks either."""
+    gaps = []
+    for run in metrics:
+        modes = run.get(model, {}).get(split, {})
+        critique, retry = (
+            modes.get(mode, {}).get("toward_rate") for mode in (CRITIQUE_MODE, RETRY_MODE)
+        )
+        if critique is None or retry is None:
+            return None
+        gaps.append(critique - retry)
+    return gaps
 
 
 def _last_turn(rows: list[dict], split: str, a: tuple, b: tuple) -> dict | None:
@@ -130,6 +178,19 @@ def markdown(summary: dict[str, Any]) -> str:
             f"| {row['model']} | {row['split']} | {row['mode']} | {fmt(row['turn1'])} | "
             f"{fmt(row['final'])} |"
         )
+    if summary["feedback_use"]:
+        lines += [
+            "",
+            "Following the critique's direction: toward rate (among changed numbers after a "
+            "wrong one, the share that moved the answer's way) after a critique minus after a "
+            "bare retry.",
+            "",
+            "| model | split | critique - retry | that minus base's |",
+            "| --- " * 4 + "|",
+        ]
+        for row in summary["feedback_use"]:
+            minus_base = fmt(row["minus_base"]) if row["minus_base"] else "n/a"
+            lines.append(f"| {row['model']} | {row['split']} | {fmt(row['gap'])} | {minus_base} |")
     return "\n".join(lines) + "\n"
 
 
