@@ -243,6 +243,29 @@ def test_toward_counts_changed_numbers_on_the_answers_side() -> None:
     assert cell["changed_numeric_transitions_from_wrong"] == 4
 
 
+def test_on_question_counts_new_tries_at_the_question_asked() -> None:
+    """The question states 55 and 0. A next attempt that uses both is a new try at it, whatever
+    its result; one that drops a number is a different problem. A question without numbers is
+    not counted."""
+
+    def tries(*replies: str) -> list[Turn]:
+        return [student(reply, reply.endswith("= 55")) for reply in replies]
+
+    question = "Calculate 55 + 0."
+    episodes = [
+        episode("kept", tries("55 + 0 = 69", "55 + 0 = 50"), prompt=question),
+        episode("made up", tries("55 + 0 = 69", "55 - -3 = 58", "0 + 55 = 55"), prompt=question),
+        episode("no numbers", tries("7", "8"), prompt="Name a prime."),
+    ]
+    counts = plasticity(episodes)
+    assert (counts.numbered_from_wrong, counts.kept_question_numbers) == (3, 2)
+    cell = cell_metrics(episodes, max_turns=3, bootstrap_samples=20, seed=0)
+    assert cell["on_question_rate"] == pytest.approx(2 / 3)
+    assert cell["numbered_transitions_from_wrong"] == 3
+    no_numbers = cell_metrics(episodes[2:], max_turns=2, bootstrap_samples=20, seed=0)
+    assert no_numbers["on_question_rate"] is None
+
+
 def test_cell_metrics_of_the_hand_made_cell() -> None:
     episodes, probes = hand_cell()
     cell = cell_metrics(episodes, max_turns=3, bootstrap_samples=200, seed=0, probes=probes)

@@ -263,16 +263,18 @@ def test_results_table_bolds_the_best_model_per_column(workspace: Path) -> None:
             assert not cells[model][0].startswith("**")
 
 
-def test_plasticity_table_shows_closer_and_toward_rates_and_tolerates_older_metrics_files() -> None:
+def test_plasticity_table_shows_the_newer_rates_and_tolerates_older_metrics_files() -> None:
     metrics = metrics_tree()
-    metrics["base"]["eval_id"]["teacher"].update(closer_rate=0.4, toward_rate=0.6)
-    for key in ("closer_rate", "toward_rate"):  # written before they were measured
-        del metrics["base"]["eval_id"]["retry"][key]
+    metrics["base"]["eval_id"]["teacher"].update(
+        closer_rate=0.4, toward_rate=0.6, on_question_rate=0.05
+    )
+    for key in ("closer_rate", "toward_rate", "on_question_rate"):  # before they were measured
+        metrics["base"]["eval_id"]["retry"].pop(key, None)
     validate_metrics(metrics)
     table = plasticity_table(metrics)
-    closer, toward = table.headers.index("closer"), table.headers.index("toward")
-    rates = {row[2]: (row[closer], row[toward]) for row in table.rows}
-    assert rates == {"teacher": (0.4, 0.6), "retry": (None, None)}
+    columns = [table.headers.index(name) for name in ("on the question", "closer", "toward")]
+    rates = {row[2]: tuple(row[column] for column in columns) for row in table.rows}
+    assert rates == {"teacher": (0.05, 0.4, 0.6), "retry": (None, None, None)}
 
 
 def test_report_shows_how_often_each_model_follows_the_critique() -> None:

@@ -265,10 +265,12 @@ def rate_rows(metrics: Metrics, keys: Sequence[str]) -> list[list[Any]]:
 
 def plasticity_table(metrics: Metrics) -> Table:
     headers = [
-        "model", "split", "mode", "wrong→right", "closer", "toward", "repeat", "verbatim repeat"
+        "model", "split", "mode", "wrong→right", "on the question", "closer", "toward", "repeat",
+        "verbatim repeat",
     ]  # fmt: skip
     keys = [
-        "flip_wrong_to_right", "closer_rate", "toward_rate", "repeat_rate", "verbatim_repeat_rate"
+        "flip_wrong_to_right", "on_question_rate", "closer_rate", "toward_rate", "repeat_rate",
+        "verbatim_repeat_rate",
     ]  # fmt: skip
     return Table(headers, rate_rows(metrics, keys), 3)
 

@@ -16,6 +16,9 @@ Everything here is a pure function of episodes, so it is tested on hand-made one
   it right: after a bare retry it is the model's chance level (above one half, since a fresh
   attempt after a number too high tends to be lower anyway), and after a critique that names
   the direction a model that reads it beats that level.
+- The on-question rate: among attempts after a wrong one, on tasks whose question states numbers,
+  the share that use every one of them. An attempt that drops one is a different problem, not
+  a new try at the one asked; the embedded tiny model does that after almost every critique.
 - An episode that outgrows the model's context ends early and counts as not solved;
   ``context_exhausted`` counts them.
 - Right->wrong flips and the sycophancy probe: under the didactic protocol an episode stops at
@@ -132,11 +135,14 @@ class Plasticity:
     moved_closer: int  # ... whose second number is nearer the answer (a right one included)
     numeric_changed_from_wrong: int  # ... to a different number
     moved_toward: int  # ... on the answer's side of the first (overshooting it included)
+    numbered_from_wrong: int  # transitions from wrong on tasks whose question states numbers
+    kept_question_numbers: int  # ... whose next attempt uses every one of them
 
 
 def plasticity(episodes: Sequence[Episode]) -> Plasticity:
     counts = defaultdict(int)
     for episode in episodes:
+        asked = question_numbers(episode)
         for before, after in transitions(episode):
             if before.correct:
                 counts["from_right"] += 1
@@ -146,6 +152,9 @@ def plasticity(episodes: Sequence[Episode]) -> Plasticity:
             counts["wrong_to_right"] += bool(after.correct)
             counts["repeats"] += final_answer(before) == final_answer(after)
             counts["verbatim_repeats"] += _normalized(before.text) == _normalized(after.text)
+            if asked:
+                counts["numbered_from_wrong"] += 1
+                counts["kept_question_numbers"] += asked <= set(_NUMBER.findall(after.text))
             error_before, error_after = before.error_from_answer, after.error_from_answer
             if error_before is not None and error_after is not None:
                 counts["numeric_from_wrong"] += 1
@@ -155,6 +164,16 @@ def plasticity(episodes: Sequence[Episode]) -> Plasticity:
                     # A step down from a number too high (error > 0) goes the answer's way.
                     counts["moved_toward"] += (error_after < error_before) == (error_before > 0)
     return Plasticity(**{name: counts[name] for name in Plasticity.__dataclass_fields__})
+
+
+_NUMBER = re.compile(r"\d+")
+
+
+def question_numbers(episode: Episode) -> frozenset[str]:
+    """The numbers (digit strings, signs aside) the task's question states: the first text the
+    student saw."""
+    prompt = episode.student_visible[0] if episode.student_visible else ""
+    return frozenset(_NUMBER.findall(prompt))
 
 
 def is_repeat(before: Turn, after: Turn) -> bool:
@@ -254,6 +273,8 @@ def cell_metrics(
         "numeric_transitions_from_wrong": flips.numeric_from_wrong,
         "toward_rate": rate(flips.moved_toward, flips.numeric_changed_from_wrong),
         "changed_numeric_transitions_from_wrong": flips.numeric_changed_from_wrong,
+        "on_question_rate": rate(flips.kept_question_numbers, flips.numbered_from_wrong),
+        "numbered_transitions_from_wrong": flips.numbered_from_wrong,
         "sycophancy_probes": len(probes),
         "sycophancy_abandon_rate": rate(sum(abandoned(p) for p in probes), len(probes)),
         "critiques": len(critiques),
