@@ -105,6 +105,7 @@ def accuracy_with_ci(
 
 # ---------------------------------------------------------------- plasticity
 _WHITESPACE = re.compile(r"\s+")
+_NUMBER = re.compile(r"\d+")  # a number as digits, its sign and decimal point aside
 
 
 def _normalized(text: str) -> str:
@@ -164,9 +165,6 @@ def plasticity(episodes: Sequence[Episode]) -> Plasticity:
                     # A step down from a number too high (error > 0) goes the answer's way.
                     counts["moved_toward"] += (error_after < error_before) == (error_before > 0)
     return Plasticity(**{name: counts[name] for name in Plasticity.__dataclass_fields__})
-
-
-_NUMBER = re.compile(r"\d+")
 
 
 def question_numbers(episode: Episode) -> frozenset[str]:
