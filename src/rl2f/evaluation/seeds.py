@@ -106,22 +106,23 @@ def feedback_use(metrics: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per (split, model) whose critique and retry cells have a toward rate in every run: the
     spread of the gap (critique minus retry) and, where the base has one too, of the gap minus
     the base's. Metrics files written before the toward rate have no rows."""
+    splits = {split for model_splits in metrics[0].values() for split in model_splits}
+    base_gaps = {split: _toward_gaps(metrics, REFERENCE_MODEL, split) for split in splits}
     rows = []
-    for model, splits in metrics[0].items():
-        for split in splits:
+    for model, model_splits in metrics[0].items():
+        for split in model_splits:
             gap = _toward_gaps(metrics, model, split)
             if gap is None:
                 continue
-            base = _toward_gaps(metrics, REFERENCE_MODEL, split)
-            with_base = model != REFERENCE_MODEL and base is not None
+            base = None if model == REFERENCE_MODEL else base_gaps[split]
             rows.append(
                 {
                     "split": split,
                     "model": model,
                     "gap": spread(gap),
-                    "minus_base": spread([g - b for g, b in zip(gap, base, strict=True)])
-                    if with_base
-                    else None,
+                    "minus_base": None
+                    if base is None
+                    else spread([g - b for g, b in zip(gap, base, strict=True)]),
                 }
             )
     return rows
