@@ -95,7 +95,7 @@ def main():
             cnt = sum(v[1] for v in e.values())
             print(f"  after a {name}: {cnt}/{n} later attempts edit the last answer "
                   f"({cnt/max(n,1):.1%}); answer's way {way/max(cnt,1):.3f}")
-        print(f"  edits {AGREE[0]}: answer moved in {AGREE[1]}, the operator's way in {AGREE[2]} "
+        print(f"  edits after a critique or a retry, together {AGREE[0]}: answer moved in {AGREE[1]}, the operator's way in {AGREE[2]} "
               f"({AGREE[2]/max(AGREE[1],1):.1%}), right {AGREE[3]} ({AGREE[3]/max(AGREE[0],1):.1%})")
         share = {k: et[k][0] / et[k][1] - er[k][0] / er[k][1]
                  for k in et if et[k][1] and er[k][1]}
