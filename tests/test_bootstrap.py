@@ -372,6 +372,41 @@ def _cli(root: Path, *overrides: str) -> list[str]:
     return [sys.executable, "-m", "rl2f.cli", "bootstrap", "--profile", "ci", *args]
 
 
+def _bootstrap_on(root: Path, cpus: set[int] | None, *overrides: str) -> dict[str, torch.Tensor]:
+    """Bootstrap with the real CLI, allowed to run only on ``cpus`` (None: every core)."""
+    done = subprocess.run(
+        _cli(root, "model.tiny.sft_steps=40", *overrides),
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        preexec_fn=None if cpus is None else lambda: os.sched_setaffinity(0, cpus),
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return _weights(root / "models/base")
+
+
+def test_the_bootstrapped_model_does_not_depend_on_the_machines_core_count(
+    tmp_path: Path,
+) -> None:
+    """torch splits sums across its threads, so the thread count changes the trained weights
+    (the first pair differs); the shipped model.cpu_threads gives the same weights whether the
+    process may use one core or all of them (as under ``taskset -c 0``, or on a 1-core pod)."""
+    one = make_project(tmp_path / "one_thread")
+    two = make_project(tmp_path / "two_threads")
+    one_thread = _bootstrap_on(one, None, "model.cpu_threads=1")
+    two_threads = _bootstrap_on(two, None, "model.cpu_threads=2")
+    assert any(not torch.equal(one_thread[k], two_threads[k]) for k in one_thread)
+
+    single_core = make_project(tmp_path / "single_core")
+    every_core = make_project(tmp_path / "every_core")
+    first_cpu = {min(os.sched_getaffinity(0))}
+    pinned = _bootstrap_on(single_core, first_cpu)
+    free = _bootstrap_on(every_core, None)
+    for name, tensor in free.items():
+        assert torch.equal(tensor, pinned[name]), name
+
+
 @pytest.mark.slow
 def test_rerun_after_sigkill_resumes_from_the_last_checkpoint(tmp_path: Path) -> None:
     """Kill the real CLI mid-training, rerun it: it resumes from the checkpoint and finishes

@@ -39,7 +39,7 @@ PACKAGE = "rl2f"
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("base", ("rl2f", "rl2f.config", "rl2f.errors")),
+    ("base", ("rl2f", "rl2f.config", "rl2f.errors", "rl2f.cpu_threads")),
     ("tasks", ("rl2f.tasks",)),
     ("engines", ("rl2f.engines",)),
     ("guard", ("rl2f.leakage",)),

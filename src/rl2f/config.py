@@ -166,6 +166,15 @@ class ModelConfig(Strict):
     tiny: TinyModelConfig = Field(
         default_factory=TinyModelConfig, description="the bootstrapped tiny model's shape and SFT"
     )
+    cpu_threads: int = Field(
+        default=1,
+        ge=0,
+        description="torch's CPU threads in every stage that runs a model. Threads split sums, "
+        "so the count changes the trained weights; one thread repeats a run to the last digit "
+        "on any machine (two threads did not: on one core and on two they trained different "
+        "models). Raise it for speed on a large machine, at that price; 0 takes torch's "
+        "default (every core the process may use). No effect on a GPU.",
+    )
 
     @property
     def base_path(self) -> str:

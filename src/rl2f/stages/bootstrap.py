@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from rl2f.config import Config
+from rl2f.cpu_threads import fix_cpu_threads
 from rl2f.tasks.io import atomic_write_text, read_tasks
 
 # What ``models/base/`` holds when a real model is the base: its name, for DVC and for people.
@@ -38,6 +39,7 @@ def run(cfg: Config) -> dict[str, Any] | None:
 
     from rl2f.training.bootstrap import ProbeSettings, bootstrap_tiny_model
 
+    fix_cpu_threads(cfg.model.cpu_threads)
     data_dir = Path(cfg.data.out_dir)
     train_tasks = read_tasks(data_dir / "train.parquet")
     eval_path = data_dir / "eval_id.parquet"

@@ -15,6 +15,7 @@ import logging
 from pathlib import Path
 
 from rl2f.config import Config
+from rl2f.cpu_threads import fix_cpu_threads
 from rl2f.episodes import Episode, read_episodes
 from rl2f.errors import DataError, UserError
 from rl2f.tasks.io import atomic_write_text, read_tasks
@@ -53,6 +54,7 @@ def check_training_episodes(episodes: list[Episode], tasks: dict[str, Task], whe
 def run(cfg: Config) -> dict:
     from rl2f.training.distill import build_examples, train_critic
 
+    fix_cpu_threads(cfg.model.cpu_threads)
     episodes_path = Path(cfg.distill.episodes_dir) / EPISODES_FILE
     if not episodes_path.exists():
         raise UserError(f"{episodes_path}: no episodes (run `rl2f rollout` first)")

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from rl2f.config import Config
+from rl2f.cpu_threads import fix_cpu_threads
 from rl2f.errors import UserError
 from rl2f.evaluation.episode_files import (
     StoredCell,
@@ -263,6 +264,7 @@ def log_teacher_engine(stats: dict[str, int]) -> None:
 
 
 def run(cfg: Config) -> dict[str, Any]:
+    fix_cpu_threads(cfg.model.cpu_threads)
     sources = model_sources(cfg)
     modes = check_modes(cfg)
     # Resolved up front so a bad eval.extra_model_modes fails before any model is evaluated.

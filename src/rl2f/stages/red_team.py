@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from rl2f.config import Config
+from rl2f.cpu_threads import fix_cpu_threads
 from rl2f.engines.transformers_engine import load_tokenizer
 from rl2f.evaluation.red_team import red_team
 from rl2f.evaluation.runner import load_eval_splits
@@ -25,6 +26,7 @@ log = logging.getLogger(__name__)
 
 
 def run(cfg: Config) -> dict[str, Any]:
+    fix_cpu_threads(cfg.model.cpu_threads)  # an LLM teacher may run on the CPU
     splits = load_eval_splits(cfg)
     results = red_team(cfg, splits, load_tokenizer(cfg.model.base_path))
     if not results:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from rl2f.config import Config
+from rl2f.cpu_threads import fix_cpu_threads
 from rl2f.episodes import (
     Episode,
     format_summary,
@@ -215,6 +216,7 @@ def log_to_mlflow(cfg: Config, episodes: list[Episode], summary: dict[str, Any])
 
 
 def run(cfg: Config) -> dict[str, Any]:
+    fix_cpu_threads(cfg.model.cpu_threads)
     episodes, summary = roll_out(cfg)
     write_outputs(cfg.distill.episodes_dir, episodes, summary)
     log_to_mlflow(cfg, episodes, summary)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 from rl2f.config import Config
+from rl2f.cpu_threads import fix_cpu_threads
 from rl2f.errors import DataError
 from rl2f.tasks.io import atomic_write_text, read_tasks
 from rl2f.tracking import active, is_main_process, log_model
@@ -27,6 +28,7 @@ SUMMARY_FILE = "training_summary.json"
 def run_training(cfg: Config, which: Literal["rl2f", "single_turn"]) -> dict:
     from rl2f.training.grpo import run_specs, train
 
+    fix_cpu_threads(cfg.model.cpu_threads)
     spec = run_specs(cfg)[which]
     tasks_path = Path(cfg.data.out_dir) / "train.parquet"
     tasks = read_tasks(tasks_path)[: cfg.train.max_tasks]
