@@ -29,10 +29,12 @@ from rl2f.tasks.sources import load_source
 from rl2f.tasks.verifiers import verify
 from rl2f.training.bootstrap import METRICS_FILE, work_dir_for
 from rl2f.training.bootstrap_corpus import (
+    FEEDBACK_WORDS,
     LEAD_INS,
     NUDGES,
     build_conversations,
     corpus_texts,
+    edit_reply,
     expression_steps,
     worked_solution,
 )
@@ -223,6 +225,42 @@ def test_near_miss_is_left_out_of_the_loss() -> None:
     miss = next(m["content"] for m in messages if m.get("train") is False)
     miss_ids = tokenizer(miss + "<|im_end|>", add_special_tokens=False)["input_ids"]
     assert sum(dropped) == len(miss_ids)
+
+
+def test_edit_corpus_fixes_each_near_miss_with_a_correct_edit_after_filler_or_a_nudge() -> None:
+    """model.tiny.edit_rate=1 and filler_nudge_rate=1: after every near miss the user writes
+    random words with no feedback word among them, and the trained reply edits the wrong
+    answer to the verified-correct one ("-76 - 1 = -77"). With both rates 0 the corpus is the
+    default one, draw for draw."""
+    tasks = arithmetic_tasks("train", 40)
+    by_prompt = {task.prompt: task for task in tasks}
+    args = {"count": 200, "questions_per_conversation": 2, "seed": 5, "retry_rate": 0.5}
+    assert build_conversations(tasks, **args) == build_conversations(
+        tasks, **args, edit_rate=0.0, filler_nudge_rate=0.0
+    )
+    conversations = build_conversations(tasks, **args, edit_rate=1.0, filler_nudge_rate=1.0)
+    forbidden = FEEDBACK_WORDS | {w.casefold().strip(".?,") for n in NUDGES for w in n.split()}
+    edits = 0
+    for messages in conversations:
+        prompt = None
+        for i, message in enumerate(messages):
+            if message["role"] == "user":
+                prompt = next((p for p in by_prompt if message["content"].endswith(p)), prompt)
+            if message.get("train") is not False:
+                continue
+            filler, reply = messages[i + 1]["content"], messages[i + 2]["content"]
+            words = {w.casefold().strip(".") for w in filler.split()}
+            assert words and not words & forbidden, filler
+            assert not any(ch.isdigit() for ch in filler), filler
+            wrong = int(message["content"].rsplit("Answer: ", 1)[1])
+            task = by_prompt[prompt]
+            assert reply == edit_reply(message["content"], task)
+            assert reply.startswith(f"{wrong} ") and verify(task, reply).correct
+            start, operator, amount = reply.split(" = ")[0].split()
+            moved = int(start) + (int(amount) if operator == "+" else -int(amount))
+            assert moved == int(task.answer)
+            edits += 1
+    assert edits > 50
 
 
 def test_corpus_is_deterministic_under_a_seed() -> None:

@@ -104,6 +104,40 @@ def test_dvc_experiment_with_override(dvc_repo: tuple[Path, dict[str, str]]) -> 
     assert "reports/metrics.json" in text and "reports/validation.json" in text
 
 
+@pytest.mark.slow
+def test_the_revision_profile_runs_as_a_dvc_experiment(dvc_repo: tuple[Path, dict[str, str]]):
+    """`make revision`'s path at ci sizes (the ci overlay still shrinks it): the profile's
+    values are DVC params of an experiment, and every stage after training gets the policy
+    paired with its frozen first-attempt model."""
+    from rl2f.config import load_config, profile_overrides
+
+    root, env = dvc_repo
+    _run("git", "add", "-A", cwd=root, env=env)
+    _run("git", "commit", "-qm", "before revision", cwd=root, env=env)
+    arguments = profile_overrides(root / "params.yaml", "revision")
+    _run(str(BIN / "dvc"), "exp", "run", "-n", "revision", *arguments, cwd=root, env=env)
+    cfg = load_config(root / "params.yaml")  # without the ci overlay: what DVC recorded
+    assert cfg.train.frozen_first_attempt and cfg.model.tiny.edit_rate == 1.0
+    for model in ("rl2f", "rl2f_critic", "rl2f_answers_only"):
+        assert (root / "models" / model / "first_attempt" / "config.json").exists(), model
+    assert not (root / "models" / "single_turn" / "first_attempt").exists()
+    metrics = json.loads((root / "reports" / "metrics.json").read_text())
+    base, rl2f = metrics["base"]["eval_id"]["teacher"], metrics["rl2f"]["eval_id"]["teacher"]
+    assert rl2f["turn1_acc"] == base["turn1_acc"], "the frozen base writes turn 1"
+    shown = _run(str(BIN / "dvc"), "exp", "show", "--json", cwd=root, env=env).stdout
+    assert "revision" in shown and "edit_rate" in shown
+
+
+def test_profiles_become_dvc_overrides_or_say_why() -> None:
+    from rl2f.config import ConfigError, profile_overrides
+
+    assert "--set-param=train.frozen_first_attempt=true" in profile_overrides(
+        REPO / "params.yaml", "revision"
+    )
+    with pytest.raises(ConfigError, match=r"data\.sources: a list of mappings.*RL2F_PROFILE=ci"):
+        profile_overrides(REPO / "params.yaml", "ci")
+
+
 def _dotted_keys(tree: object, prefix: str = "") -> set[str]:
     """Every key path of a YAML mapping, dotted: ``teacher.level``, ``rollout.sampling.seed``."""
     if not isinstance(tree, dict):

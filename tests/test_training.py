@@ -35,6 +35,7 @@ from rl2f.training.grpo import (
     ADVANTAGE_EPSILON,
     build_trainer,
     conversation_reward,
+    edit_direction,
     per_turn_advantages,
     run_specs,
     teacher_level,
@@ -241,6 +242,38 @@ def test_progress_reward_pays_a_wrong_attempt_for_moving_towards_the_answer() ->
     assert turn_returns(closer, 0.0) == [0.0, 0.0, 1.0], "no progress term unless asked"
     same = _episode([_attempt(4), critique, _attempt(-4)], None, 2)
     assert turn_returns(same, 0.5, progress=0.25) == [0.0, 0.0]
+
+
+def _said(text: str, error: float | None, extracted: str | None) -> Turn:
+    return Turn(
+        role="student",
+        text=text,
+        token_ids=[1],
+        correct=error == 0,
+        extracted=extracted,
+        diagnostics={"numeric_error": error},
+    )
+
+
+def test_edit_reward_pays_the_direction_of_an_edit_of_the_last_answer() -> None:
+    """-76 is 3 too high: "-76 - 3 = ..." goes the answer's way (+1) whatever the amount,
+    "-76 + 1 = ..." the other way (-1); an edit of another number, a fresh solution and an
+    edit after a right answer earn nothing."""
+    too_high = _said("Answer: -76", 3, "-76")
+    assert edit_direction(too_high, _said("-76 - 3 = -79\nAnswer: -79", 0, "-79")) == 1
+    assert edit_direction(too_high, _said("-76 - 5 = -81\nAnswer: -81", -2, "-81")) == 1
+    assert edit_direction(too_high, _said("-76 + 1 = -75\nAnswer: -75", 4, "-75")) == -1
+    assert edit_direction(too_high, _said("-70 - 9 = -79\nAnswer: -79", 0, "-79")) == 0
+    assert edit_direction(too_high, _said("-40 - 39 = -79\nAnswer: -79", 0, "-79")) == 0
+    too_low = _said("Answer: 12", -2, "12")
+    assert edit_direction(too_low, _said("12 + 2 = 14\nAnswer: 14", 0, "14")) == 1
+    assert edit_direction(_said("Answer: 9", 0, "9"), _said("9 - 1 = 8", -1, "8")) == 0
+
+    critique = _turn("teacher", 1)
+    turns = [too_high, critique, _said("-76 + 1 = -75", 4, "-75")]
+    episode = _episode([*turns, critique, _said("-75 - 4 = -79", 0, "-79")], 3, 0)
+    assert turn_returns(episode, 0.0, edit=0.5) == [0.0, -0.5, 1.5]
+    assert turn_returns(episode, 0.0) == [0.0, 0.0, 1.0], "no edit term unless asked"
 
 
 def test_per_turn_credit_trainer_puts_turn_advantages_into_trls_loss(

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from rl2f.config import ConfigError, load_config
+from rl2f.config import ConfigError, load_config, profile_overrides
 from rl2f.errors import UserError, one_line
 from rl2f.stages import STAGES
 
@@ -131,6 +131,15 @@ def _run_seeds(args: argparse.Namespace) -> None:
     print((args.out / "seeds.md").read_text())
 
 
+def _profile_parser(sub: argparse._SubParsersAction) -> None:
+    profile = sub.add_parser(
+        "profile",
+        help="a profile as `dvc exp run` arguments, one per line (make revision uses it)",
+    )
+    profile.add_argument("name", help="a profile under profiles/ (e.g. revision)")
+    profile.add_argument("--params", default="params.yaml", help="the params file beside it")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rl2f", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -142,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     _pipeline_parser(sub)
     _cluster_parser(sub)
     _seeds_parser(sub)
+    _profile_parser(sub)
     return parser
 
 
@@ -159,6 +169,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             _run_cluster(args)
         elif args.command == "seeds":
             _run_seeds(args)
+        elif args.command == "profile":
+            print("\n".join(profile_overrides(args.params, args.name)))
         else:
             STAGES[args.stage].run(load_config(args.params, args.overrides, args.profile))
     except (ConfigError, UserError) as exc:

@@ -148,6 +148,23 @@ class TinyModelConfig(Strict):
         description="share of corpus questions first answered by a near miss, nudged without "
         "information and then answered right: the base learns to try again, not to read feedback",
     )
+    edit_rate: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description="share of the nudged near misses whose correct reply is an edit of the "
+        "wrong answer ('-76 - 1 = -77') instead of a fresh solution: a base that revises by "
+        "editing, which RL can teach to edit the way a critique points (train.edit_reward). "
+        "Costs first-turn accuracy (docs/experiments.md, tenth round)",
+    )
+    filler_nudge_rate: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description="share of the nudges replaced by 1-3 sentences of random words with no "
+        "feedback word among them, so the base meets any unseen user text after a wrong answer "
+        "(a critique) with another attempt instead of derailing",
+    )
     seed: int = Field(default=0, description="initial weights, corpus and SFT order")
 
 
@@ -412,6 +429,23 @@ class TrainConfig(Strict):
         description="with per_turn_credit: a wrong attempt after a wrong one earns +this when its "
         "answer is closer to the correct value than the one before, -this when farther; a dense "
         "signal for reading a critique (numeric answers only; 0 turns it off)",
+    )
+    edit_reward: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description="with per_turn_credit: an attempt that edits the last wrong answer "
+        "('-76 - 1 = -77') earns +this when the edit goes the answer's way and -this when it "
+        "goes the other way: the direction a critique states, for a base that revises by "
+        "editing (model.tiny.edit_rate; integer arithmetic only; 0 turns it off)",
+    )
+    frozen_first_attempt: bool = Field(
+        default=False,
+        description="train_rl2f trains revisions only: the base, frozen, writes every first "
+        "attempt (which carries no loss) and is published with the policy in its "
+        "first_attempt/ folder, so every later stage pairs them the same way. RL at a learning "
+        "rate that teaches the tiny model to read a critique wrecks its first answer; this "
+        "keeps it by construction. No effect on train_single_turn",
     )
     later_turns_positive_only: bool = Field(
         default=False,
@@ -751,3 +785,43 @@ def load_config(
         raise ConfigError(_describe(exc, stages)) from None
     except RecursionError:  # a YAML alias that refers to itself (a: &x [*x])
         raise ConfigError(f"{current}: nested too deeply (a self-referencing alias?)") from None
+
+
+def profile_overrides(params: str | os.PathLike[str], profile: str) -> list[str]:
+    """A profile as ``--set-param=key.path=value`` arguments of ``dvc exp run``.
+
+    DVC cannot see an overlay chosen by ``RL2F_PROFILE``: its stages would look up to date
+    after a profile's run, and the default run after it would reuse the profile's outputs. Run
+    as a DVC experiment with these arguments instead, the profile's values are params DVC
+    records. Each key must already be in the params file (DVC sets keys, it does not add them),
+    and values must be scalars or lists of scalars (the form ``-S`` parses)."""
+    params_path = Path(params)
+    overlay = _profile_path(params_path, profile)
+    known = _read_yaml(params_path)
+    arguments: list[str] = []
+
+    def walk(node: dict[str, Any], present: Any, path: list[str]) -> None:
+        for key, value in node.items():
+            here = [*path, str(key)]
+            dotted = ".".join(here)
+            if not isinstance(present, dict) or key not in present:
+                raise ConfigError(f"{overlay}: {dotted}: not in {params_path}; add it there first")
+            if isinstance(value, dict):
+                walk(value, present[key], here)
+                continue
+            items = value if isinstance(value, list) else [value]
+            if any(isinstance(item, dict | list) for item in items):
+                raise ConfigError(
+                    f"{overlay}: {dotted}: a list of mappings cannot be a DVC override; "
+                    f"select the profile with {PROFILE_ENV}={profile} instead"
+                )
+            arguments.append(f"--set-param={dotted}={_override_text(value)}")
+
+    walk(_read_yaml(overlay), known, [])
+    return arguments
+
+
+def _override_text(value: Any) -> str:
+    """A scalar or a list of scalars as DVC's override grammar reads it (YAML flow style)."""
+    text = yaml.safe_dump(value, default_flow_style=True, width=10**9)
+    return text.strip().removesuffix("...").strip()

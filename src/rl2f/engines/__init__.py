@@ -59,11 +59,30 @@ def make_engine(
     e.g. the policy the GRPO trainer is updating: the engine then samples from the live weights
     and leaves the model on its device and in the train/eval mode it found it in. Without
     ``model``, ``cfg.model`` is used. For ``openai`` the name is the model name the server expects.
+    A local model folder with a :data:`~rl2f.engines.revision.FIRST_ATTEMPT_DIR` gives a
+    :class:`~rl2f.engines.revision.RevisionEngine` over the two models.
     """
     model = model if model is not None else cfg.model
     if model is None or (isinstance(model, str) and not model.strip()):
         raise UserError(f"engine {cfg.kind!r}: no model given (set engine.model or pass a model)")
+    if isinstance(model, str) and cfg.kind != "openai":
+        from rl2f.engines.revision import RevisionEngine, first_attempt_dir
 
+        first = first_attempt_dir(model)
+        if first is not None:  # a revision-trained model: its base writes the first attempts
+            return RevisionEngine(
+                _make_engine(cfg, str(first), tokenizer, dtype),  # type: ignore[arg-type]
+                _make_engine(cfg, model, tokenizer, dtype),  # type: ignore[arg-type]
+            )
+    return _make_engine(cfg, model, tokenizer, dtype)
+
+
+def _make_engine(
+    cfg: EngineConfig,
+    model: str | PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase | None,
+    dtype: str,
+) -> TokenEngine | ChatEngine:
     if cfg.kind == "transformers":
         from rl2f.engines.transformers_engine import TransformersEngine
 

@@ -159,6 +159,8 @@ def train_sft(
         questions_per_conversation=tiny.questions_per_conversation,
         seed=tiny.seed,
         retry_rate=tiny.retry_rate,
+        edit_rate=tiny.edit_rate,
+        filler_nudge_rate=tiny.filler_nudge_rate,
     )
     tokenizer = _tokenizer(work_dir, conversations, tiny)
     set_seed(tiny.seed)

@@ -18,7 +18,9 @@ to teach.
 from __future__ import annotations
 
 import ast
+import functools
 import random
+import re
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -54,6 +56,14 @@ NUDGES = (
     "Incorrect, try again.",
     "No.",
     "Try again.",
+)
+
+# Words of judgement or direction that no filler nudge may contain, besides every word of the
+# nudges and of the oracle teacher's critiques (see filler_words).
+FEEDBACK_WORDS = frozenset(
+    {"no", "not", "wrong", "incorrect", "again", "try", "retry", "correct", "right", "answer"}
+    | {"high", "low", "higher", "lower", "larger", "smaller", "error", "digit", "quite"}
+    | {"once", "more", "another"}
 )
 
 # How far a near-miss reply is off: the slips of someone who can add (a carry, a units digit,
@@ -124,6 +134,42 @@ def near_miss(task: Task, rng: random.Random) -> str:
     return "\n".join([*steps, f"Answer: {wrong}"])
 
 
+def edit_reply(miss: str, task: Task) -> str:
+    """The correct reply to a near miss as an edit of its wrong answer: ``-76 - 1 = -77`` then
+    the ``Answer:`` line. What the edit says (its direction) is what a critique can teach."""
+    wrong, right = int(miss.rsplit("Answer: ", 1)[1]), int(task.answer.strip())
+    operator = "+" if right > wrong else "-"
+    return f"{wrong} {operator} {abs(right - wrong)} = {right}\nAnswer: {right}"
+
+
+@functools.cache
+def filler_words() -> tuple[str, ...]:
+    """Words for filler nudges: the lower-case words of Python's own help topics (in the
+    standard library, so no download; they differ between Python versions, which the lock
+    pins), less every word a teacher's critique or a nudge uses,
+    so filler never carries feedback."""
+    from pydoc_data.topics import topics
+
+    from rl2f.teachers.oracle import BANDS, DIGIT_NAMES, PHRASES, RELATIVE_BANDS
+
+    feedback = [*NUDGES, *DIGIT_NAMES]
+    feedback += [text for texts in PHRASES.values() for text in texts]
+    feedback += [str(band[-1]) for band in (*BANDS, *RELATIVE_BANDS)]
+    banned = set(re.findall(r"[a-z]+", " ".join(feedback).lower())) | FEEDBACK_WORDS
+    words = {w for text in topics.values() for w in re.findall(r"\b[a-z]{2,10}\b", text)}
+    return tuple(sorted(words - banned))
+
+
+def filler_nudge(rng: random.Random) -> str:
+    """1-3 sentences of 3-8 random words: user text that says nothing about the answer."""
+    words = filler_words()
+    sentences = (
+        " ".join(rng.choice(words) for _ in range(rng.randint(3, 8))).capitalize() + "."
+        for _ in range(rng.randint(1, 3))
+    )
+    return " ".join(sentences)
+
+
 def _later_question(prompt: str, rng: random.Random, lead_in_rate: float) -> str:
     if rng.random() < lead_in_rate:
         return f"{rng.choice(LEAD_INS)}\n{prompt}"
@@ -137,13 +183,17 @@ def build_conversations(
     seed: int,
     lead_in_rate: float = 0.5,
     retry_rate: float = 0.0,
+    edit_rate: float = 0.0,
+    filler_nudge_rate: float = 0.0,
 ) -> list[list[Message]]:
     """``count`` conversations of 1..``questions_per_conversation`` independent questions each,
     every task used about equally often. The first question is always the bare task prompt,
     exactly as a rollout's first turn shows it; a later one may follow a small-talk opener
     (``lead_in_rate``). With probability ``retry_rate`` a question is first answered by a near
     miss (marked ``"train": False``: the chat template leaves it out of the loss), then nudged
-    (:data:`NUDGES`), then answered correctly."""
+    (:data:`NUDGES`, or with probability ``filler_nudge_rate`` a :func:`filler_nudge`), then
+    answered correctly: with probability ``edit_rate`` by an :func:`edit_reply` of the miss.
+    A zero rate draws no random number, so the corpus without it is unchanged."""
     if not tasks:
         raise ValueError("no tasks to build a corpus from")
     rng = random.Random(seed)
@@ -164,12 +214,17 @@ def build_conversations(
         for turn, task in enumerate(chosen):
             question = task.prompt if turn == 0 else _later_question(task.prompt, rng, lead_in_rate)
             messages.append({"role": "user", "content": question})
+            reply = replies[task.id]
             if rng.random() < retry_rate:
                 miss = near_miss(task, rng)
-                if miss != replies[task.id]:
+                if miss != reply:
                     messages.append({"role": "assistant", "content": miss, "train": False})
-                    messages.append({"role": "user", "content": rng.choice(NUDGES)})
-            messages.append({"role": "assistant", "content": replies[task.id]})
+                    filler = filler_nudge_rate and rng.random() < filler_nudge_rate
+                    nudge = filler_nudge(rng) if filler else rng.choice(NUDGES)
+                    messages.append({"role": "user", "content": nudge})
+                    if edit_rate and rng.random() < edit_rate:
+                        reply = edit_reply(miss, task)
+            messages.append({"role": "assistant", "content": reply})
         conversations.append(messages)
     return conversations
 

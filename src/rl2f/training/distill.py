@@ -26,6 +26,7 @@ from typing import Any, Literal
 
 from rl2f.config import Config
 from rl2f.engines.base import Message
+from rl2f.engines.revision import first_attempt_dir
 from rl2f.episodes import Episode
 from rl2f.errors import DataError, UserError
 from rl2f.tasks.schema import Task
@@ -246,7 +247,9 @@ def train_critic(cfg: Config, examples: Sequence[Example], base_dir: str) -> dic
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     seconds = time.perf_counter() - started
     if state.is_main_process:
-        publish(trainer, trainer.processing_class, d.out_dir)
+        # A revision-trained policy's first-attempt model stays paired with its critic.
+        first_attempt = first_attempt_dir(base_dir)  # a revision-trained policy's stays paired
+        publish(trainer, trainer.processing_class, d.out_dir, first_attempt=first_attempt)
         shutil.rmtree(work_dir, ignore_errors=True)
     state.wait_for_everyone()
     return {

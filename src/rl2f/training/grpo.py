@@ -23,6 +23,7 @@ import hashlib
 import logging
 import math
 import os
+import re
 import shutil
 import statistics
 import time
@@ -70,6 +71,7 @@ class RunSpec:
     out_dir: str
     max_turns: int
     num_generations: int
+    frozen_first_attempt: bool = False  # the base writes first attempts; the policy revises
 
 
 def run_specs(cfg: Config) -> dict[str, RunSpec]:
@@ -78,7 +80,7 @@ def run_specs(cfg: Config) -> dict[str, RunSpec]:
     t = cfg.train
     single_g = t.num_generations * t.max_turns if t.single_turn_match_budget else t.num_generations
     return {
-        "rl2f": RunSpec("rl2f", t.rl2f_dir, t.max_turns, t.num_generations),
+        "rl2f": RunSpec("rl2f", t.rl2f_dir, t.max_turns, t.num_generations, t.frozen_first_attempt),
         "single_turn": RunSpec("single_turn", t.single_turn_dir, 1, single_g),
     }
 
@@ -95,13 +97,17 @@ def teacher_level(cfg: Config, progress: float) -> str:
     return level
 
 
-def turn_returns(episode: Episode, gamma: float, progress: float = 0.0) -> list[float]:
+def turn_returns(
+    episode: Episode, gamma: float, progress: float = 0.0, edit: float = 0.0
+) -> list[float]:
     """Per-turn credit: the return seen from each student turn. An early wrong turn that the
     student later fixed earns gamma^(distance to the fix), not the whole conversation reward.
 
     ``progress`` > 0 adds a dense term for what a critique asks of the next attempt: a wrong
     attempt after a wrong one earns +progress when its answer is closer to the correct value
     (the verifier's ``numeric_error``), -progress when it is farther or no longer a number.
+    ``edit`` > 0 adds +edit to an attempt that edits the last answer the answer's way
+    (:func:`edit_direction`), -edit the other way.
     """
     students = episode.student_turns
     returns = [
@@ -112,7 +118,33 @@ def turn_returns(episode: Episode, gamma: float, progress: float = 0.0) -> list[
         for t in range(1, len(students)):
             if not students[t].correct:
                 returns[t] += progress * _closer(students[t - 1], students[t])
+    if edit:
+        for t in range(1, len(students)):
+            returns[t] += edit * edit_direction(students[t - 1], students[t])
     return returns
+
+
+# A revision that edits the last answer: "-76 - 1 = -77" (the last answer, an operator, an
+# amount). The edit base's corpus teaches this form (model.tiny.edit_rate).
+_EDIT = re.compile(r"\s*(-?\d+)\s*([+-])\s*\d+\s*=")
+
+
+def edit_direction(before: Turn, after: Turn) -> int:
+    """+1 when ``after`` edits ``before``'s wrong answer with the operator that goes towards
+    the correct one (``- 1`` after an answer that was too high), -1 when it goes away, 0 when
+    ``after`` is no edit of that answer. Unlike :func:`_closer` it rewards the direction alone,
+    which a critique states, and not the amount, which a critique does not."""
+    error, match = before.error_from_answer, _EDIT.match(after.text)
+    if not error or match is None or before.extracted is None:
+        return 0
+    try:
+        edits_last_answer = int(match.group(1)) == float(before.extracted)
+    except ValueError:
+        return 0
+    if not edits_last_answer:
+        return 0
+    goes_down = match.group(2) == "-"
+    return 1 if goes_down == (error > 0) else -1
 
 
 def _closer(before: Turn, after: Turn) -> int:
@@ -152,6 +184,7 @@ def per_turn_advantages(
     width: int,
     progress: float = 0.0,
     positive_only_after_first: bool = False,
+    edit: float = 0.0,
 ) -> torch.Tensor:
     """Token-level advantages of shape (episodes, width) for per-turn credit.
 
@@ -165,7 +198,7 @@ def per_turn_advantages(
     if len(episodes) % num_generations:
         raise ValueError(f"{len(episodes)} episodes do not split into groups of {num_generations}")
     advantages = torch.zeros(len(episodes), width)
-    returns = [turn_returns(episode, gamma, progress) for episode in episodes]
+    returns = [turn_returns(episode, gamma, progress, edit) for episode in episodes]
     student_turn = [
         torch.tensor(
             [
@@ -216,6 +249,16 @@ class ConversationRollout:
         self.settings = RolloutSettings.from_config(
             cfg, num_generations=1, max_turns=spec.max_turns, progress=False
         )
+        self.first_attempt = None  # the frozen base's engine (spec.frozen_first_attempt)
+        if spec.frozen_first_attempt:
+            from rl2f.engines import make_engine
+
+            self.first_attempt = make_engine(
+                cfg.rollout.engine.model_copy(update={"kind": "transformers"}),
+                cfg.model.base_path,
+                tokenizer,
+                dtype=cfg.model.dtype,
+            )
         self.last_episodes: list[Episode] = []
         self.seconds = 0.0
         self.student_tokens = 0
@@ -264,11 +307,14 @@ class ConversationRollout:
         self.student_tokens += int(step_metrics["rollout/student_tokens"])
         for key, value in step_metrics.items():
             self._metrics[key].append(value)
+        masks = [e.completion_mask for e in episodes]
+        if self.first_attempt is not None:  # the frozen model's first attempt is not trained
+            masks = [_without_first_attempt(e) for e in episodes]
         return {
             "prompt_ids": [e.prompt_ids for e in episodes],
             "completion_ids": [e.completion_ids for e in episodes],
             "logprobs": [e.completion_logprobs for e in episodes],
-            "env_mask": [e.completion_mask for e in episodes],
+            "env_mask": masks,
             "conversation_reward": [e.reward for e in episodes],
         }
 
@@ -280,15 +326,23 @@ class ConversationRollout:
         if trainer.use_vllm:
             from rl2f.engines.vllm_engine import VLLMEngine
 
-            return VLLMEngine.wrap(
-                trainer.vllm_generation.llm, self.tokenizer, model.generation_config
+            llm = trainer.vllm_generation.llm
+            return self._with_first_attempt(
+                VLLMEngine.wrap(llm, self.tokenizer, model.generation_config)
             )
         from rl2f.engines import make_engine
 
         engine_cfg = EngineConfig(
             kind="transformers", batch_size=self.cfg.rollout.engine.batch_size
         )
-        return make_engine(engine_cfg, model, self.tokenizer)
+        return self._with_first_attempt(make_engine(engine_cfg, model, self.tokenizer))
+
+    def _with_first_attempt(self, policy: Any):  # noqa: ANN202
+        if self.first_attempt is None:
+            return policy
+        from rl2f.engines.revision import RevisionEngine
+
+        return RevisionEngine(self.first_attempt, policy)
 
     def _step_metrics(
         self, episodes: list[Episode], level: str, seconds: float, tokens: int
@@ -317,7 +371,15 @@ class ConversationRollout:
     def close(self) -> None:
         for teacher in self._teachers.values():
             teacher.close()
+        if self.first_attempt is not None:
+            self.first_attempt.close()
         self.settings.close()
+
+
+def _without_first_attempt(episode: Episode) -> list[int]:
+    """The episode's loss mask with its first attempt (the first completion tokens) off."""
+    first = len(episode.turns[0].token_ids) if episode.turns else 0
+    return [0] * first + list(episode.completion_mask[first:])
 
 
 # Rollout metrics that add up over data-parallel processes, and the one that is a wall time;
@@ -409,6 +471,7 @@ def make_trainer_class(per_turn_credit: bool):  # noqa: ANN201
                 output["completion_ids"].shape[1],
                 progress=rollout.cfg.train.progress_reward,
                 positive_only_after_first=rollout.cfg.train.later_turns_positive_only,
+                edit=rollout.cfg.train.edit_reward,
             )
             output["advantages"] = advantages.to(output["advantages"].device)
             return output
@@ -533,7 +596,13 @@ def train(
         rollout.close()
     seconds = time.perf_counter() - started
     if state.is_main_process:
-        publish(trainer, rollout.tokenizer, spec.out_dir, merge_lora=cfg.train.lora)
+        publish(
+            trainer,
+            rollout.tokenizer,
+            spec.out_dir,
+            merge_lora=cfg.train.lora,
+            first_attempt=cfg.model.base_path if spec.frozen_first_attempt else None,
+        )
         shutil.rmtree(work_dir, ignore_errors=True)
     state.wait_for_everyone()
     history = [row for row in trainer.state.log_history if "loss" in row]

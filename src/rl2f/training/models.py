@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from rl2f.config import Config
+from rl2f.engines.revision import FIRST_ATTEMPT_DIR, first_attempt_dir
 from rl2f.errors import UserError
 from rl2f.training.checkpoints import replace_dir
 
@@ -105,9 +106,17 @@ def _first_line(exc: BaseException) -> str:
 
 
 # ---------------------------------------------------------------- publishing
-def publish(trainer: Any, tokenizer: Any, out_dir: str, merge_lora: bool = False) -> None:
+def publish(
+    trainer: Any,
+    tokenizer: Any,
+    out_dir: str,
+    merge_lora: bool = False,
+    first_attempt: str | Path | None = None,
+) -> None:
     """Save the trained model and tokenizer to ``out_dir`` atomically (a LoRA adapter is merged
-    first, so every published model loads with plain ``from_pretrained``)."""
+    first, so every published model loads with plain ``from_pretrained``). ``first_attempt``
+    (a model folder or hub id) is saved beside it, in ``first_attempt/``: the frozen model that
+    writes the first attempts of a revision-trained policy (:mod:`rl2f.engines.revision`)."""
     staging = Path(out_dir).with_name(f".{Path(out_dir).name}.staging")
     shutil.rmtree(staging, ignore_errors=True)  # left over by a run killed while publishing
     model = trainer.accelerator.unwrap_model(trainer.model)
@@ -115,4 +124,23 @@ def publish(trainer: Any, tokenizer: Any, out_dir: str, merge_lora: bool = False
         model = model.merge_and_unload()
     model.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
+    if first_attempt is not None:
+        _save_first_attempt(str(first_attempt), staging / FIRST_ATTEMPT_DIR, tokenizer)
     replace_dir(staging, out_dir)
+
+
+def _save_first_attempt(source: str, dest: Path, tokenizer: Any) -> None:
+    """A local model's own files as they are (no nested first_attempt/: a policy trained from
+    a revision-trained model pairs with that model's own first-attempt model); a hub model
+    downloaded and saved."""
+    nested = first_attempt_dir(source)
+    if nested is not None:
+        source = str(nested)
+    if Path(source).is_dir():
+        dest.mkdir(parents=True)
+        for path in Path(source).iterdir():
+            if path.is_file():
+                shutil.copy2(path, dest / path.name)
+        return
+    load_causal_lm(source, "auto").save_pretrained(dest)
+    tokenizer.save_pretrained(dest)
