@@ -50,7 +50,7 @@ seeds: setup
 # The revision profile (profiles/revision.yaml: the recipe that taught the tiny model to follow
 # a critique's direction) as a DVC experiment named `revision`: its keys are passed with -S, so
 # DVC records them (it cannot see an RL2F_PROFILE overlay). Leaves them in params.yaml, as any
-# workspace experiment does (`git checkout params.yaml` goes back). About 50 minutes.
+# workspace experiment does (`git checkout params.yaml` goes back). About 85 minutes.
 revision: setup
 	args="$$($(VENV)/bin/rl2f profile revision)" && \
 		printf '%s\n' "$$args" | xargs -d '\n' $(VENV)/bin/dvc exp run -n revision

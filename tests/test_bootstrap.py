@@ -428,8 +428,8 @@ def test_the_bootstrapped_model_does_not_depend_on_the_machines_core_count(
     tmp_path: Path,
 ) -> None:
     """torch splits sums across its threads, so the thread count changes the trained weights
-    (the first pair differs); the shipped model.cpu_threads gives the same weights whether the
-    process may use one core or all of them (as under ``taskset -c 0``, or on a 1-core pod)."""
+    (the first pair differs); model.cpu_threads=1 gives the same weights whether the process
+    may use one core or all of them (as under ``taskset -c 0``, or on a 1-core pod)."""
     one = make_project(tmp_path / "one_thread")
     two = make_project(tmp_path / "two_threads")
     one_thread = _bootstrap_on(one, None, "model.cpu_threads=1")
@@ -439,8 +439,8 @@ def test_the_bootstrapped_model_does_not_depend_on_the_machines_core_count(
     single_core = make_project(tmp_path / "single_core")
     every_core = make_project(tmp_path / "every_core")
     first_cpu = {min(os.sched_getaffinity(0))}
-    pinned = _bootstrap_on(single_core, first_cpu)
-    free = _bootstrap_on(every_core, None)
+    pinned = _bootstrap_on(single_core, first_cpu, "model.cpu_threads=1")
+    free = _bootstrap_on(every_core, None, "model.cpu_threads=1")
     for name, tensor in free.items():
         assert torch.equal(tensor, pinned[name]), name
 

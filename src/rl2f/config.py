@@ -154,8 +154,9 @@ class TinyModelConfig(Strict):
         le=1,
         description="share of the nudged near misses whose correct reply is an edit of the "
         "wrong answer ('-76 - 1 = -77') instead of a fresh solution: a base that revises by "
-        "editing, which RL can teach to edit the way a critique points (train.edit_reward). "
-        "Costs first-turn accuracy (docs/experiments.md, tenth round)",
+        "editing, which RL can teach to edit the way a critique points (train.edit_reward); "
+        "it cost first-turn accuracy on the dev splits of docs/experiments.md's tenth and "
+        "eleventh rounds",
     )
     filler_nudge_rate: float = Field(
         default=0.0,
@@ -184,13 +185,13 @@ class ModelConfig(Strict):
         default_factory=TinyModelConfig, description="the bootstrapped tiny model's shape and SFT"
     )
     cpu_threads: int = Field(
-        default=1,
+        default=0,
         ge=0,
-        description="torch's CPU threads in every stage that runs a model. Threads split sums, "
-        "so the count changes the trained weights; one thread repeats a run to the last digit "
-        "on any machine (two threads did not: on one core and on two they trained different "
-        "models). Raise it for speed on a large machine, at that price; 0 takes torch's "
-        "default (every core the process may use). No effect on a GPU.",
+        description="torch's CPU threads in every stage that runs a model; 0 takes torch's "
+        "default (every core the process may use). Threads split sums, so the count changes "
+        "the trained weights: with 0 the numbers depend on the machine's core count. 1 repeats "
+        "a run to the last digit on any machine (two threads did not: on one core and on two "
+        "they trained different models), at 2.3x the training time on 2 cores. No effect on a GPU.",
     )
 
     @property

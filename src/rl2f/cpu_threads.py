@@ -1,5 +1,5 @@
-"""The number of CPU threads torch computes with, fixed so a run's numbers do not depend on the
-machine's core count.
+"""The number of CPU threads torch computes with (``model.cpu_threads``): 1 makes a run's numbers
+independent of the machine's core count.
 
 torch splits a matrix product or a reduction across its intra-op threads, and the split decides
 the order in which floats are added. By default it uses every core it may run on, so the same

@@ -146,8 +146,8 @@ def edit_reply(miss: str, task: Task) -> str:
 def filler_words() -> tuple[str, ...]:
     """Words for filler nudges: the lower-case words of Python's own help topics (in the
     standard library, so no download; they differ between Python versions, which the lock
-    pins), less every word a teacher's critique or a nudge uses,
-    so filler never carries feedback."""
+    pins), less every word a teacher's critique or a nudge uses, so filler carries no
+    feedback."""
     from pydoc_data.topics import topics
 
     from rl2f.teachers.oracle import BANDS, DIGIT_NAMES, PHRASES, RELATIVE_BANDS

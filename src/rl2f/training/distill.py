@@ -247,8 +247,8 @@ def train_critic(cfg: Config, examples: Sequence[Example], base_dir: str) -> dic
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     seconds = time.perf_counter() - started
     if state.is_main_process:
-        # A revision-trained policy's first-attempt model stays paired with its critic.
-        first_attempt = first_attempt_dir(base_dir)  # a revision-trained policy's stays paired
+        # A revision-trained policy's frozen first-attempt model stays paired with its critic.
+        first_attempt = first_attempt_dir(base_dir)
         publish(trainer, trainer.processing_class, d.out_dir, first_attempt=first_attempt)
         shutil.rmtree(work_dir, ignore_errors=True)
     state.wait_for_everyone()
