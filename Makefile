@@ -13,7 +13,7 @@ export DO_NOT_TRACK := 1
 # dvc.yaml calls `rl2f`: the venv must come first on PATH.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: setup chromium run seeds revision test test-fast lint compile lock clean
+.PHONY: setup chromium run seeds exp test test-fast lint compile lock clean
 
 setup: $(STAMP)
 
@@ -47,13 +47,14 @@ seeds: setup
 	done
 	$(VENV)/bin/rl2f seeds $(addprefix reports/seeds/,$(SEEDS)) --out reports
 
-# The revision profile (profiles/revision.yaml: the recipe that taught the tiny model to follow
-# a critique's direction) as a DVC experiment named `revision`: its keys are passed with -S, so
-# DVC records them (it cannot see an RL2F_PROFILE overlay). Leaves them in params.yaml, as any
-# workspace experiment does (`git checkout params.yaml` goes back). About 85 minutes.
-revision: setup
-	args="$$($(VENV)/bin/rl2f profile revision)" && \
-		printf '%s\n' "$$args" | xargs -d '\n' $(VENV)/bin/dvc exp run -n revision
+# A profile (profiles/NAME.yaml) as a DVC experiment named after it, beside the default:
+# `make exp PROFILE=resolve`. Its keys are passed with -S, so DVC records them (it cannot see an
+# RL2F_PROFILE overlay). Leaves them in params.yaml, as any workspace experiment does
+# (`git checkout params.yaml` goes back).
+PROFILE ?= resolve
+exp: setup
+	args="$$($(VENV)/bin/rl2f profile $(PROFILE))" && \
+		printf '%s\n' "$$args" | xargs -d '\n' $(VENV)/bin/dvc exp run -n $(PROFILE)
 
 test: setup chromium
 	$(VENV)/bin/pytest -q -ra

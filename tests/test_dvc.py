@@ -78,6 +78,13 @@ def test_dvc_repro_produces_every_output(dvc_repo: tuple[Path, dict[str, str]]) 
     assert ablation["examples"]["critique"] == 0 and ablation["examples"]["student"] > 0
     assert {mode for split in metrics["rl2f_answers_only"].values() for mode in split} == {"self"}
     assert (root / "reports" / "report.html").stat().st_size > 1000
+    # The default's frozen first attempt: every stage after training gets the policy paired
+    # with the base, which writes turn 1.
+    for model in ("rl2f", "rl2f_critic", "rl2f_answers_only"):
+        assert (root / "models" / model / "first_attempt" / "config.json").exists(), model
+    assert not (root / "models" / "single_turn" / "first_attempt").exists()
+    base, rl2f = metrics["base"]["eval_id"]["teacher"], metrics["rl2f"]["eval_id"]["teacher"]
+    assert rl2f["turn1_acc"] == base["turn1_acc"], "the frozen base writes turn 1"
     status = _run(str(BIN / "dvc"), "status", cwd=root, env=env).stdout
     assert "up to date" in status.lower()
 
@@ -105,34 +112,31 @@ def test_dvc_experiment_with_override(dvc_repo: tuple[Path, dict[str, str]]) -> 
 
 
 @pytest.mark.slow
-def test_the_revision_profile_runs_as_a_dvc_experiment(dvc_repo: tuple[Path, dict[str, str]]):
-    """`make revision`'s path at ci sizes (the ci overlay still shrinks it): the profile's
-    values are DVC params of an experiment, and every stage after training gets the policy
-    paired with its frozen first-attempt model."""
+def test_a_profile_runs_as_a_dvc_experiment(dvc_repo: tuple[Path, dict[str, str]]):
+    """`make exp PROFILE=resolve`'s path at ci sizes (the ci overlay still shrinks it): the
+    profile's values are DVC params of an experiment, and without the frozen first attempt the
+    published models are single models again."""
     from rl2f.config import load_config, profile_overrides
 
     root, env = dvc_repo
     _run("git", "add", "-A", cwd=root, env=env)
-    _run("git", "commit", "-qm", "before revision", cwd=root, env=env)
-    arguments = profile_overrides(root / "params.yaml", "revision")
-    _run(str(BIN / "dvc"), "exp", "run", "-n", "revision", *arguments, cwd=root, env=env)
+    _run("git", "commit", "-qm", "before resolve", cwd=root, env=env)
+    arguments = profile_overrides(root / "params.yaml", "resolve")
+    _run(str(BIN / "dvc"), "exp", "run", "-n", "resolve", *arguments, cwd=root, env=env)
     cfg = load_config(root / "params.yaml")  # without the ci overlay: what DVC recorded
-    assert cfg.train.frozen_first_attempt and cfg.model.tiny.edit_rate == 1.0
-    for model in ("rl2f", "rl2f_critic", "rl2f_answers_only"):
-        assert (root / "models" / model / "first_attempt" / "config.json").exists(), model
-    assert not (root / "models" / "single_turn" / "first_attempt").exists()
-    metrics = json.loads((root / "reports" / "metrics.json").read_text())
-    base, rl2f = metrics["base"]["eval_id"]["teacher"], metrics["rl2f"]["eval_id"]["teacher"]
-    assert rl2f["turn1_acc"] == base["turn1_acc"], "the frozen base writes turn 1"
+    assert not cfg.train.frozen_first_attempt and cfg.model.tiny.edit_rate == 0.0
+    for model in ("rl2f", "rl2f_critic", "rl2f_answers_only", "single_turn"):
+        assert (root / "models" / model / "config.json").exists(), model
+        assert not (root / "models" / model / "first_attempt").exists(), model
     shown = _run(str(BIN / "dvc"), "exp", "show", "--json", cwd=root, env=env).stdout
-    assert "revision" in shown and "edit_rate" in shown
+    assert "resolve" in shown and "edit_rate" in shown
 
 
 def test_profiles_become_dvc_overrides_or_say_why() -> None:
     from rl2f.config import ConfigError, profile_overrides
 
-    assert "--set-param=train.frozen_first_attempt=true" in profile_overrides(
-        REPO / "params.yaml", "revision"
+    assert "--set-param=train.frozen_first_attempt=false" in profile_overrides(
+        REPO / "params.yaml", "resolve"
     )
     with pytest.raises(ConfigError, match=r"data\.sources: a list of mappings.*RL2F_PROFILE=ci"):
         profile_overrides(REPO / "params.yaml", "ci")

@@ -134,9 +134,9 @@ def _run_seeds(args: argparse.Namespace) -> None:
 def _profile_parser(sub: argparse._SubParsersAction) -> None:
     profile = sub.add_parser(
         "profile",
-        help="a profile as `dvc exp run` arguments, one per line (make revision uses it)",
+        help="a profile as `dvc exp run` arguments, one per line (make exp uses it)",
     )
-    profile.add_argument("name", help="a profile under profiles/ (e.g. revision)")
+    profile.add_argument("name", help="a profile under profiles/ (e.g. resolve)")
     profile.add_argument("--params", default="params.yaml", help="the params file beside it")
 
 
