@@ -5,33 +5,21 @@ another attempt ("... Answer: n"), or other text.
 
 ana13.py EPISODES_DIR REF MODEL [MODEL ...] [--turn 6] [--split eval_id]
 """
+
 import argparse
-import random
 import re
-from collections import Counter, defaultdict
+import sys
+from collections import Counter
 from pathlib import Path
 
 from rl2f.episodes import read_episodes
 from rl2f.teachers.oracle import PHRASES
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "round11"))
+from ana11 import boot, by_task  # noqa: E402  (round 11's reader: accuracy and paired intervals)
+
 HIGH = tuple(p.lower() for p in PHRASES["too_high"])
 LOW = tuple(p.lower() for p in PHRASES["too_low"])
-
-
-def by_task(path, turn):
-    acc = defaultdict(list)
-    for e in read_episodes(path):
-        acc[e.task_id].append(float(e.solved_at is not None and e.solved_at <= turn))
-    return {k: sum(v) / len(v) for k, v in acc.items()}
-
-
-def boot(diffs, n=2000, seed=0):
-    rng = random.Random(seed)
-    keys = list(diffs)
-    means = sorted(
-        sum(diffs[k] for k in (rng.choice(keys) for _ in keys)) / len(keys) for _ in range(n)
-    )
-    return sum(diffs.values()) / len(keys), means[int(0.025 * n)], means[int(0.975 * n)]
 
 
 def critiques(path):
@@ -39,7 +27,7 @@ def critiques(path):
     kinds = Counter()
     for e in read_episodes(path):
         turns = e.turns
-        for before, critique in zip(turns, turns[1:]):
+        for before, critique in zip(turns, turns[1:], strict=False):
             if before.role != "student" or critique.role == "student":
                 continue
             text = critique.text.lower()
@@ -75,12 +63,15 @@ def main():
         acc = by_task(path(model), args.turn)
         mean, lo, hi = boot({k: acc[k] - ref[k] for k in ref})
         k = critiques(path(model))
-        right = k["direction_right"] / k["direction_known"] if k["direction_known"] else float("nan")
+        right = (
+            k["direction_right"] / k["direction_known"] if k["direction_known"] else float("nan")
+        )
+        share = {kind: k[kind] / k["all"] for kind in ("direction", "attempt", "other")}
         print(
             f"{model}: t1 {sum(by_task(path(model), 1).values()) / len(acc):.3f} "
             f"t{args.turn} {sum(acc.values()) / len(acc):.3f}  - {args.ref} {mean:+.3f} "
-            f"[{lo:+.3f}, {hi:+.3f}]  critiques {k['all']}: direction {k['direction'] / k['all']:.2f} "
-            f"(right {right:.2f}), attempt {k['attempt'] / k['all']:.2f}, other {k['other'] / k['all']:.2f}"
+            f"[{lo:+.3f}, {hi:+.3f}]  critiques {k['all']}: direction {share['direction']:.2f} "
+            f"(right {right:.2f}), attempt {share['attempt']:.2f}, other {share['other']:.2f}"
         )
 
 

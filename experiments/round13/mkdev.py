@@ -2,6 +2,7 @@
 fresh tasks from eval_id's own generators (params.yaml's in-distribution sources) with other
 seeds, drops every prompt that is in train or eval_id, and keeps 200 (the sources' 3:1 mix).
 Run from a project folder after `rl2f prepare` (it reads data/tasks/)."""
+
 import dataclasses
 import sys
 
@@ -13,7 +14,9 @@ SEED_OFFSET = 1000  # far from every seed params.yaml uses
 KEEP = {"basic_arithmetic": 150, "chain_sum": 50}
 
 cfg = load_config("params.yaml")
-seen = {t.prompt for split in ("train", "eval_id") for t in read_tasks(f"data/tasks/{split}.parquet")}
+seen = {
+    t.prompt for split in ("train", "eval_id") for t in read_tasks(f"data/tasks/{split}.parquet")
+}
 dev = []
 for source in cfg.data.sources:
     if "eval_id" not in source.splits:
