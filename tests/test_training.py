@@ -74,9 +74,16 @@ def rl2f_batch(tmp_path_factory: pytest.TempPathFactory, coin_model_dir: Path):
     """A GRPO trainer for the RL2F run and one scored batch of 2 tasks x 4 conversations of up
     to 3 turns."""
     root = tmp_path_factory.mktemp("rl2f_batch")
-    # The paper's conversation-level reward (params.yaml ships per-turn credit; its own test
-    # below covers that path).
-    cfg = ci_config(root, coin_model_dir, "train.max_turns=3", "train.per_turn_credit=false")
+    # The paper's conversation-level reward over the whole conversation (params.yaml ships
+    # per-turn credit and a frozen first attempt; the test below and tests/test_revision.py
+    # cover those paths).
+    cfg = ci_config(
+        root,
+        coin_model_dir,
+        "train.max_turns=3",
+        "train.per_turn_credit=false",
+        "train.frozen_first_attempt=false",
+    )
     spec = run_specs(cfg)["rl2f"]
     trainer, rollout = build_trainer(cfg, spec, sum_tasks(), report_to=["none"])
     torch.manual_seed(0)
