@@ -1,6 +1,7 @@
 #!/bin/bash
 # r13.sh NAME CORE [distill overrides...]: distill models/NAME from the run's rl2f policy and
-# its training episodes (ep_train/ by default), then evaluate it in self mode on dev.
+# its training episodes (distill.episodes_dir, data/episodes/train), then evaluate it in self
+# mode on dev.
 # Run in a scratch folder holding a finished run's models/, data/ and params.yaml, with dev/
 # from mkdev.py; never in the folder whose eval_id numbers are reported.
 set -e
