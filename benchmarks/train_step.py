@@ -15,7 +15,7 @@ the whole step, ``mfu_optimisation`` by its optimisation part only.
 
 Usage: python benchmarks/train_step.py [--arch tiny|qwen2.5-0.5b] [--steps 3] [--warmup 1]
        [--tasks-per-step 8] [--num-generations 8] [--max-turns 4] [--max-new-tokens 48]
-       [--threads N] [--peak-flops 989e12]
+       [--threads N] [--peak-flops 989e12] [--no-cudnn-attention]
 Prints a final line `RESULT {json}`.
 """
 
@@ -145,10 +145,18 @@ def main() -> None:
         help="peak FLOP/s of the device; on a GPU defaults to H100 bf16 dense (989e12)",
     )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument(
+        "--no-cudnn-attention",
+        action="store_true",
+        help="turn off cuDNN's attention kernel (the GPU test of RESULTS.md's open question)",
+    )
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.no_cudnn_attention:
+        # cuDNN builds an attention graph per sequence length; decoding adds a column a step.
+        torch.backends.cuda.enable_cudnn_sdp(False)
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     cuda = torch.cuda.is_available()
