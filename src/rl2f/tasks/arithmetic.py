@@ -16,6 +16,8 @@ import re
 from collections.abc import Callable
 from fractions import Fraction
 
+from rl2f.tasks.python_ast import parse_python
+
 OPERATORS: dict[type[ast.operator], tuple[str, Callable[[Fraction, Fraction], Fraction]]] = {
     ast.Add: ("+", operator.add),
     ast.Sub: ("-", operator.sub),
@@ -126,7 +128,7 @@ def arithmetic_value(text: str) -> Fraction | None:
     if not source:
         return None
     try:
-        tree = ast.parse(source, mode="eval")
+        tree = parse_python(source, mode="eval")
         return evaluate(tree.body, decimals=True, powers=True)
     except (SyntaxError, ValueError, ZeroDivisionError, OverflowError, RecursionError):
         return None

@@ -17,7 +17,6 @@ to teach.
 
 from __future__ import annotations
 
-import ast
 import functools
 import random
 import re
@@ -26,6 +25,7 @@ from typing import Any
 
 from rl2f.engines.base import Message
 from rl2f.tasks.arithmetic import evaluate_with_steps, number_text
+from rl2f.tasks.python_ast import parse_python
 from rl2f.tasks.schema import Task
 
 # Small talk that may precede a later question. Plain conversational openers, none of which
@@ -79,7 +79,7 @@ def expression_steps(expression: str) -> tuple[list[str], str]:
     an integer (a tiny model should not learn fractions from a handful of examples).
     """
     try:
-        tree = ast.parse(expression.strip(), mode="eval")
+        tree = parse_python(expression.strip(), mode="eval")
     except (SyntaxError, RecursionError) as exc:
         raise ValueError(f"not an expression: {expression!r}") from exc
     try:

@@ -47,6 +47,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from rl2f.errors import DataError
+from rl2f.tasks.python_ast import parse_python
 from rl2f.tasks.sandbox import SandboxResult, run_python
 from rl2f.tasks.schema import Task
 from rl2f.tasks.verifiers.base import Verdict, register
@@ -366,7 +367,7 @@ def extract_program(response: str, entry_point: str | None = None) -> str:
 def _plan_check(test_source: str) -> _CheckPlan:
     """Split check(candidate) into steps; raises ValueError (one line) on unusable tests."""
     try:
-        module = ast.parse(test_source)
+        module = parse_python(test_source)
     except SyntaxError as exc:
         raise ValueError(f"is not valid Python: {exc.msg} (line {exc.lineno})") from None
     check = next(

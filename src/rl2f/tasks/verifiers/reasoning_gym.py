@@ -36,6 +36,7 @@ from typing import Any
 
 from rl2f.errors import DataError
 from rl2f.tasks.arithmetic import evaluate
+from rl2f.tasks.python_ast import parse_python
 from rl2f.tasks.schema import Task
 from rl2f.tasks.verifiers.base import Verdict, register
 from rl2f.tasks.verifiers.extract import strict_single_answer
@@ -194,7 +195,7 @@ def evaluate_countdown(text: str) -> Evaluation:
     if stray := sorted(set(_NOT_ARITHMETIC.findall(text))):
         return Evaluation(None, _integers(text), f"unsupported characters: {''.join(stray)!r}")
     try:
-        tree = ast.parse(text.strip(), mode="eval")
+        tree = parse_python(text.strip(), mode="eval")
     except (SyntaxError, ValueError, MemoryError, RecursionError) as exc:
         return Evaluation(None, _integers(text), f"not an arithmetic expression ({exc})")
     numbers: list[int] = []
