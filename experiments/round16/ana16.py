@@ -1,5 +1,6 @@
-"""ana16.py BASE NAME... [--minus A B]...: one row per model on the dev split, from ep/NAME and
-reports/NAME.json.
+"""ana16.py BASE NAME... [--minus A B]...: one row per model on the split `eval.sh` rated (the dev
+split, or `eval_id` itself in the seventeenth round; both sit in the eval_id slot), from ep/NAME
+and reports/NAME.json.
 
 Turn-1 and turn-6 accuracy with critiques and with retries, the paired difference from BASE with
 critiques at turn 6, critique minus retry at turn 6, and how often a changed wrong number moved
