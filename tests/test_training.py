@@ -22,7 +22,7 @@ from training_helpers import (
     workspace_overrides,
 )
 
-from rl2f.config import Config
+from rl2f.config import Config, ConfigError
 from rl2f.episodes import Episode, Turn
 from rl2f.errors import UserError
 from rl2f.training.checkpoints import (
@@ -324,6 +324,7 @@ def test_single_turn_baseline_samples_g_times_t_max_single_turn_replies(
     assert (spec.max_turns, spec.num_generations) == (1, 4 * 3)
     unmatched = ci_config(tmp_path, coin_model_dir, "train.single_turn_match_budget=false")
     assert run_specs(unmatched)["single_turn"].num_generations == 4
+    assert spec.learning_rate == cfg.train.learning_rate  # unset: the RL2F run's rate
 
     trainer, rollout = build_trainer(cfg, spec, sum_tasks(), ["none"])
     assert trainer.num_generations == 12
@@ -335,6 +336,27 @@ def test_single_turn_baseline_samples_g_times_t_max_single_turn_replies(
     assert torch.all(batch["tool_mask"] == 1)
     groups = [{e.task_id for e in episodes[start : start + 12]} for start in (0, 12)]
     assert all(len(group) == 1 for group in groups) and groups[0] != groups[1]
+
+
+def test_single_turn_learning_rate_reaches_only_the_baselines_optimizer(
+    tmp_path: Path, coin_model_dir: Path
+) -> None:
+    cfg = ci_config(
+        tmp_path,
+        coin_model_dir,
+        "train.learning_rate=0.0003",
+        "train.single_turn_learning_rate=0.0001",
+    )
+    specs = run_specs(cfg)
+    assert (specs["rl2f"].learning_rate, specs["single_turn"].learning_rate) == (3e-4, 1e-4)
+    trainer, _ = build_trainer(cfg, specs["single_turn"], sum_tasks(), ["none"])
+    assert trainer.args.learning_rate == 1e-4
+    trainer.create_optimizer()
+    assert {group["lr"] for group in trainer.optimizer.param_groups} == {1e-4}
+    with pytest.raises(
+        ConfigError, match="train.single_turn_learning_rate: Input should be greater than 0"
+    ):
+        ci_config(tmp_path, coin_model_dir, "train.single_turn_learning_rate=0")
 
 
 # ---------------------------------------------------------------- the stage, end to end

@@ -410,6 +410,13 @@ class TrainConfig(Strict):
     single_turn_match_budget: bool = Field(
         default=True, description="single-turn baseline samples G x T_max per task"
     )
+    single_turn_learning_rate: float | None = Field(
+        default=None,
+        gt=0,
+        description="the single-turn baseline's learning rate (null: learning_rate). Its "
+        "policy writes every first attempt, so a rate chosen for an RL2F run whose first "
+        "attempt is frozen can be too high for it",
+    )
     per_turn_credit: bool = Field(
         default=False,
         description="each student turn's tokens get the group-normalised return from that "

@@ -71,17 +71,27 @@ class RunSpec:
     out_dir: str
     max_turns: int
     num_generations: int
+    learning_rate: float
     frozen_first_attempt: bool = False  # the base writes first attempts; the policy revises
 
 
 def run_specs(cfg: Config) -> dict[str, RunSpec]:
     """The single-turn baseline samples G x T_max replies per task when
-    ``train.single_turn_match_budget`` is set: the generation budget of T_max turns x G."""
+    ``train.single_turn_match_budget`` is set: the generation budget of T_max turns x G. It
+    trains at ``train.single_turn_learning_rate`` where that is set."""
     t = cfg.train
     single_g = t.num_generations * t.max_turns if t.single_turn_match_budget else t.num_generations
+    single_lr = t.single_turn_learning_rate or t.learning_rate
     return {
-        "rl2f": RunSpec("rl2f", t.rl2f_dir, t.max_turns, t.num_generations, t.frozen_first_attempt),
-        "single_turn": RunSpec("single_turn", t.single_turn_dir, 1, single_g),
+        "rl2f": RunSpec(
+            "rl2f",
+            t.rl2f_dir,
+            t.max_turns,
+            t.num_generations,
+            t.learning_rate,
+            t.frozen_first_attempt,
+        ),
+        "single_turn": RunSpec("single_turn", t.single_turn_dir, 1, single_g, single_lr),
     }
 
 
@@ -499,7 +509,7 @@ def grpo_config(cfg: Config, spec: RunSpec, report_to: list[str]):  # noqa: ANN2
     return GRPOConfig(
         output_dir=str(checkpoint_dir(spec.out_dir)),
         max_steps=t.steps,
-        learning_rate=t.learning_rate,
+        learning_rate=spec.learning_rate,
         lr_scheduler_type=scheduler,
         warmup_steps=warmup_steps,
         max_grad_norm=t.max_grad_norm,
