@@ -324,7 +324,6 @@ def test_single_turn_baseline_samples_g_times_t_max_single_turn_replies(
     assert (spec.max_turns, spec.num_generations) == (1, 4 * 3)
     unmatched = ci_config(tmp_path, coin_model_dir, "train.single_turn_match_budget=false")
     assert run_specs(unmatched)["single_turn"].num_generations == 4
-    assert spec.learning_rate == cfg.train.learning_rate  # unset: the RL2F run's rate
 
     trainer, rollout = build_trainer(cfg, spec, sum_tasks(), ["none"])
     assert trainer.num_generations == 12
@@ -353,6 +352,8 @@ def test_single_turn_learning_rate_reaches_only_the_baselines_optimizer(
     assert trainer.args.learning_rate == 1e-4
     trainer.create_optimizer()
     assert {group["lr"] for group in trainer.optimizer.param_groups} == {1e-4}
+    unset = ci_config(tmp_path, coin_model_dir, "train.single_turn_learning_rate=null")
+    assert run_specs(unset)["single_turn"].learning_rate == unset.train.learning_rate
     with pytest.raises(
         ConfigError, match="train.single_turn_learning_rate: Input should be greater than 0"
     ):
