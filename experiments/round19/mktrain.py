@@ -15,7 +15,9 @@ SEED_OFFSET = 2000  # mkdev.py uses 1000
 KEEP = {"basic_arithmetic": 3600, "chain_sum": 1200}
 
 cfg = load_config("params.yaml")
-seen = {t.prompt for split in ("train", "eval_id") for t in read_tasks(f"data/tasks/{split}.parquet")}
+seen = {
+    t.prompt for split in ("train", "eval_id") for t in read_tasks(f"data/tasks/{split}.parquet")
+}
 seen |= {t.prompt for t in read_tasks(sys.argv[1])}
 train = []
 for source in cfg.data.sources:
